@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make run` and `make test` (both install first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint unit integration clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/finetune up
+
+test: install
+	$(VENV)/bin/ruff check app worker migrations tests
+	$(PY) -m pytest
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+integration: install
+	$(PY) -m pytest tests/integration
+
+lint: install
+	$(VENV)/bin/ruff check app worker migrations tests
+	$(VENV)/bin/ruff format --check app worker migrations tests
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,38 @@
+"""Cursor pages: ids are time-ordered, so the cursor is simply the last id returned."""
+
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel, Field
+from sqlalchemy import Select
+
+T = TypeVar("T")
+
+LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+AfterQuery = Annotated[
+    str | None,
+    Query(description="`next_cursor` of the previous page.", examples=["job_0192f3a1b2c3d4e5f6a7"]),
+]
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool = Field(examples=[False])
+    next_cursor: str | None = Field(None, examples=[None])
+
+
+def paginate(stmt: Select, id_column, limit: int, after: str | None) -> Select:  # type: ignore[type-arg, no-untyped-def]
+    """Newest first, strictly older than `after`; fetches one extra row to know `has_more`."""
+    if after:
+        stmt = stmt.where(id_column < after)
+    return stmt.order_by(id_column.desc()).limit(limit + 1)
+
+
+def page_of(rows: list, limit: int, to_schema) -> dict:  # type: ignore[type-arg, no-untyped-def]
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "data": [to_schema(r) for r in rows],
+        "has_more": has_more,
+        "next_cursor": rows[-1].id if has_more else None,
+    }

@@ -1,0 +1,125 @@
+"""The one place where errors become RFC 9457 `application/problem+json` responses."""
+
+import logging
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.errors import AppError
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    401: "unauthorized",
+    413: "upload_too_large",
+}
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document with a stable `code`."""
+
+    type: str = Field(examples=["https://finetune.dev/problems/dataset_not_found"])
+    title: str = Field(examples=["Not found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["dataset ds_0192f3a1b2c3d4e5f6a7 does not exist"])
+    code: str = Field(examples=["dataset_not_found"])
+    instance: str | None = Field(None, examples=["/v1/datasets/ds_0192f3a1b2c3d4e5f6a7"])
+    errors: list[dict[str, Any]] | None = Field(
+        None,
+        examples=[
+            [{"field": "body.epochs", "message": "Input should be less than or equal to 1000"}]
+        ],
+    )
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"https://finetune.dev/problems/{code}",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": request.url.path,
+    }
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        out.append(
+            {"field": ".".join(loc), "message": err.get("msg", ""), "type": err.get("type", "")}
+        )
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, exc: AppError) -> JSONResponse:
+        return problem_response(
+            request, exc.status, exc.code, exc.detail, title=exc.title, errors=exc.errors
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(exc)
+        fields = ", ".join(e["field"] for e in errors[:5])
+        return problem_response(
+            request, 422, "validation_error", f"invalid request: {fields}", errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(
+            exc.status_code, HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        )
+        return problem_response(
+            request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unhandled error %s on %s %s", incident, request.method, request.url.path)
+        return problem_response(
+            request,
+            500,
+            "internal_error",
+            f"internal error; reference {incident} in the server log",
+        )
+
+
+# Every route documents these alongside its own responses.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": Problem, "description": "Invalid request (names the field or file)"},
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the given problem statuses plus 422."""
+    out = dict(PROBLEM_RESPONSES)
+    for status in statuses:
+        out[status] = {"model": Problem, "description": HTTPStatus(status).phrase}
+    return out

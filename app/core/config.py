@@ -1,0 +1,63 @@
+"""The one settings object, read from `FINETUNE_*` environment variables."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_BROKER = "filesystem://"
+
+
+class Settings(BaseSettings):
+    """Service configuration; every process (API, worker, CLI) builds it the same way."""
+
+    model_config = SettingsConfigDict(env_prefix="FINETUNE_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    broker_url: str = ""
+    storage_url: str = ""
+    device: str = "auto"
+    auth_required: bool = False
+
+    queue_name: str = "training"
+    progress_interval_s: float = Field(2.0, gt=0, description="Least time between progress writes.")
+    cancel_poll_interval_s: float = Field(
+        1.0, gt=0, description="Least time between cancel checks."
+    )
+    model_cache_size: int = Field(4, ge=1, description="Models kept loaded for predict.")
+    max_predict_files: int = Field(64, ge=1)
+    decode_threads: int = Field(4, ge=1, description="Threads that decode dataset images.")
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "Settings":
+        self.data_dir = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'finetune.db'}"
+        if not self.storage_url:
+            self.storage_url = str(self.data_dir / "artifacts")
+        if not self.broker_url:
+            self.broker_url = EMBEDDED_BROKER
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when the broker is the serverless filesystem transport."""
+        return self.broker_url == EMBEDDED_BROKER
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder the embedded broker keeps its message files in."""
+        return self.data_dir / "broker"
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space: upload staging and decoded-image caches."""
+        return self.data_dir / "work"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (tests override the FastAPI dependency instead)."""
+    return Settings()

@@ -1,0 +1,81 @@
+"""What torchvision offers this install: backbones, their weight enums and weight files.
+
+torchvision is imported inside the functions, never at module load, so the API starts
+without torch and pays for the import once, on first use.
+"""
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlparse
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    name: str  # full enum name, e.g. "ResNet18_Weights.IMAGENET1K_V1"
+    path: str  # where torch.hub keeps the file (honours TORCH_HOME)
+    url: str
+
+    @property
+    def present(self) -> bool:
+        return os.path.exists(self.path)
+
+
+@lru_cache(maxsize=1)
+def backbone_names() -> frozenset[str]:
+    """Every torchvision classification model name."""
+    from torchvision import models
+
+    return frozenset(models.list_models(module=models))
+
+
+def _weights_enum(backbone: str) -> Any:
+    from torchvision import models
+
+    return models.get_model_weights(backbone)
+
+
+def _resolve(member: Any) -> ResolvedWeights:
+    import torch
+
+    filename = os.path.basename(urlparse(member.url).path)
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    return ResolvedWeights(name=f"{type(member).__name__}.{member.name}", path=path, url=member.url)
+
+
+def resolve_weights(backbone: str, name: str) -> ResolvedWeights:
+    """`DEFAULT`, `IMAGENET1K_V1` or `ResNet18_Weights.IMAGENET1K_V1`; KeyError if unknown."""
+    enum = _weights_enum(backbone)
+    prefix, _, member = name.rpartition(".")
+    if prefix and prefix != enum.__name__:
+        raise KeyError(name)
+    return _resolve(enum.DEFAULT if member == "DEFAULT" else enum[member])
+
+
+def weight_names(backbone: str) -> list[str]:
+    """The enum member names of a backbone (`DEFAULT` is an alias of one of them)."""
+    return [m.name for m in _weights_enum(backbone)]
+
+
+def describe_backbones() -> list[dict[str, Any]]:
+    """Backbones with their weights and whether each file is in the local cache."""
+    out = []
+    for name in sorted(backbone_names()):
+        enum = _weights_enum(name)
+        default = enum.DEFAULT.name
+        weights = []
+        for member in enum:
+            resolved = _resolve(member)
+            weights.append(
+                {
+                    "name": resolved.name,
+                    "default": member.name == default,
+                    "present": resolved.present,
+                    "file": resolved.path,
+                    "url": resolved.url,
+                    "num_params": member.meta.get("num_params"),
+                }
+            )
+        out.append({"name": name, "weights": weights})
+    return out

@@ -1,0 +1,63 @@
+"""HTTP routes of datasets: parse, call one service function, return a schema."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+
+from app.api.deps import SessionDep, SettingsDep, StorageDep
+from app.api.pagination import AfterQuery, LimitQuery, page_of
+from app.api.problems import problems
+from app.datasets import service
+from app.datasets.schemas import DatasetPage, DatasetRead
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetRead,
+    responses=problems(413),
+    summary="Upload a dataset archive",
+    description=(
+        "A `.zip`, `.tar` or `.tar.gz` in ImageFolder form (`<class>/<image>`) or with split "
+        "folders (`train/<class>/…`, `val/<class>/…`, optional `test/`). Every image is opened "
+        "and checked before the answer; any bad file refuses the whole upload (422 listing "
+        "every bad file) and nothing is kept."
+    ),
+)
+def upload_dataset(
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    file: Annotated[UploadFile, File(description="The archive.")],
+    name: Annotated[
+        str | None, Form(description="Display name; defaults to the file name.")
+    ] = None,
+) -> DatasetRead:
+    row = service.create(session, settings, storage, file.file, file.filename, name)
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return DatasetRead.model_validate(row)
+
+
+@router.get("", response_model=DatasetPage, summary="List datasets, newest first")
+def list_datasets(session: SessionDep, limit: LimitQuery = 20, after: AfterQuery = None) -> dict:
+    rows = service.list_(session, limit, after)
+    return page_of(rows, limit, DatasetRead.model_validate)
+
+
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=problems(404))
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetRead:
+    return DatasetRead.model_validate(service.get(session, dataset_id))
+
+
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(404, 409),
+    summary="Delete a dataset (409 while a queued or running job uses it)",
+)
+def delete_dataset(dataset_id: str, session: SessionDep, storage: StorageDep) -> Response:
+    service.delete(session, storage, dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,108 @@
+"""Dataset use cases: validate and store uploads, list, get, delete."""
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from app.api.pagination import paginate
+from app.core.config import Settings
+from app.core.errors import Conflict, NotFound
+from app.core.ids import new_id
+from app.core.models import ACTIVE_STATUSES, Dataset, Job
+from app.core.storage import LocalStorage
+from app.datasets.archive import extract_dataset
+
+CHUNK = 1 << 20
+
+
+def _stage_upload(src: BinaryIO, dest: Path) -> tuple[int, str]:
+    """Stream the upload to disk chunk by chunk; return (bytes, sha256)."""
+    digest, size = hashlib.sha256(), 0
+    with dest.open("wb") as out:
+        while block := src.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+            out.write(block)
+    return size, digest.hexdigest()
+
+
+def _display_name(name: str | None, filename: str | None) -> str:
+    if name and name.strip():
+        return name.strip()[:200]
+    stem = Path(filename or "dataset").name
+    for suffix in (".gz", ".tgz", ".tar", ".zip"):
+        stem = stem.removesuffix(suffix)
+    return stem[:200] or "dataset"
+
+
+def create(
+    session: Session,
+    settings: Settings,
+    storage: LocalStorage,
+    upload: BinaryIO,
+    filename: str | None,
+    name: str | None,
+) -> Dataset:
+    """Validate the whole archive, move its images into storage, then record the row."""
+    dataset_id = new_id("ds")
+    staging = settings.work_dir / "uploads" / dataset_id
+    staging.mkdir(parents=True)
+    key = f"datasets/{dataset_id}"
+    try:
+        archive = staging / "upload"
+        size, sha256 = _stage_upload(upload, archive)
+        report = extract_dataset(archive, staging / "dataset")
+        storage.put_dir(staging / "dataset", key)
+        row = Dataset(
+            id=dataset_id,
+            name=_display_name(name, filename),
+            num_images=len(report.entries),
+            classes=report.classes,
+            class_counts=report.class_counts,
+            splits=report.splits,
+            size_bytes=size,
+            sha256=sha256,
+            warnings=report.warnings,
+            storage_key=key,
+        )
+        session.add(row)
+        try:
+            session.commit()
+        except BaseException:
+            session.rollback()
+            storage.delete(key)
+            raise
+        return row
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def get(session: Session, dataset_id: str) -> Dataset:
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise NotFound(f"dataset {dataset_id} does not exist", code="dataset_not_found")
+    return row
+
+
+def list_(session: Session, limit: int, after: str | None) -> list[Dataset]:
+    stmt = paginate(select(Dataset), Dataset.id, limit, after)
+    return list(session.scalars(stmt))
+
+
+def delete(session: Session, storage: LocalStorage, dataset_id: str) -> None:
+    """Delete a dataset no queued or running job needs; finished jobs keep their models."""
+    row = get(session, dataset_id)
+    busy = session.scalar(
+        select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES)))
+    )
+    if busy:
+        raise Conflict(
+            f"dataset {dataset_id} is used by a queued or running job", code="dataset_in_use"
+        )
+    session.delete(row)
+    session.commit()
+    storage.delete(row.storage_key)

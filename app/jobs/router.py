@@ -1,0 +1,130 @@
+"""HTTP routes of jobs: parse, call one service function, return a schema."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+
+from app.api.deps import SessionDep, SettingsDep, StorageDep
+from app.api.files import weights_file_response
+from app.api.pagination import AfterQuery, LimitQuery, page_of
+from app.api.problems import problems
+from app.jobs import service
+from app.jobs.schemas import (
+    CheckpointPage,
+    CheckpointRead,
+    EventPage,
+    EventRead,
+    JobCreate,
+    JobPage,
+    JobRead,
+)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+FILE_RESPONSE = {
+    200: {"content": {"application/octet-stream": {}}, "description": "A safetensors weights file"}
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    responses={
+        200: {"model": JobRead, "description": "Replay of an Idempotency-Key"},
+        **problems(),
+    },
+    summary="Submit a fine-tuning job",
+)
+def create_job(
+    spec: JobCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None, Header(max_length=200, description="Same key + same body → the same job.")
+    ] = None,
+) -> JobRead:
+    job, created = service.create(session, settings, spec, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return JobRead.model_validate(job)
+
+
+@router.get("", response_model=JobPage, summary="List jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    status_: Annotated[
+        str | None,
+        Query(alias="status", pattern="^(queued|running|succeeded|failed|cancelled)$"),
+    ] = None,
+    limit: LimitQuery = 20,
+    after: AfterQuery = None,
+) -> dict:
+    rows = service.list_(session, status_, limit, after)
+    return page_of(rows, limit, JobRead.model_validate)
+
+
+@router.get("/{job_id}", response_model=JobRead, responses=problems(404))
+def get_job(job_id: str, session: SessionDep) -> JobRead:
+    return JobRead.model_validate(service.get(session, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    responses=problems(404, 409),
+    summary="Cancel a job: queued ones at once, running ones within seconds",
+)
+def cancel_job(job_id: str, session: SessionDep) -> JobRead:
+    return JobRead.model_validate(service.cancel(session, job_id))
+
+
+def _event(row) -> EventRead:  # type: ignore[no-untyped-def]
+    return EventRead(
+        id=str(row.id), created_at=row.created_at, type=row.type, message=row.message, data=row.data
+    )
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventPage,
+    responses=problems(404),
+    summary="The job's events, oldest first",
+)
+def list_events(
+    job_id: str,
+    session: SessionDep,
+    after: Annotated[int | None, Query(ge=0, description="Last event id already seen.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict:
+    rows = service.events(session, job_id, after, limit)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "data": [_event(r) for r in rows],
+        "has_more": has_more,
+        "next_cursor": str(rows[-1].id) if has_more else None,
+    }
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointPage, responses=problems(404))
+def list_checkpoints(job_id: str, session: SessionDep) -> dict:
+    rows = service.checkpoints(session, job_id)
+    return page_of(rows, len(rows) or 1, CheckpointRead.model_validate)
+
+
+@router.get(
+    "/{job_id}/checkpoints/{checkpoint_id}/content",
+    response_class=Response,
+    responses={**FILE_RESPONSE, **problems(404)},
+    summary="Download a checkpoint's weights file (ETag = sha256)",
+)
+def download_checkpoint(
+    job_id: str, checkpoint_id: str, request: Request, session: SessionDep, storage: StorageDep
+) -> Response:
+    row = service.checkpoint(session, job_id, checkpoint_id)
+    name = f"{job_id}-epoch{row.epoch}.safetensors"
+    return weights_file_response(request, storage, row.storage_key, row.sha256, name)

@@ -1,0 +1,138 @@
+"""Job specs, jobs, events and checkpoints as clients see them."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.api.pagination import Page
+
+
+class ModelRef(BaseModel):
+    """Start from a model this service trained (transfer between datasets, offline)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_id: str = Field(examples=["mdl_0192f3a1b2c3d4e5f6a7"])
+
+
+class JobCreate(BaseModel):
+    """A fine-tuning job spec; every field but `dataset_id` has a default, echoed back filled."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset_id": "ds_0192f3a1b2c3d4e5f6a7",
+                    "backbone": "resnet18",
+                    "weights": "DEFAULT",
+                    "strategy": "partial",
+                    "trainable_layers": 2,
+                    "epochs": 5,
+                    "batch_size": 32,
+                    "learning_rate": 0.001,
+                }
+            ]
+        },
+    )
+
+    dataset_id: str = Field(examples=["ds_0192f3a1b2c3d4e5f6a7"])
+    backbone: str = Field("resnet18", description="Any torchvision classification model name.")
+    weights: str | ModelRef | None = Field(
+        "DEFAULT",
+        description='`"DEFAULT"`, a torchvision weights enum name, `null` (random init) or '
+        '`{"model_id": …}`.',
+    )
+    strategy: Literal["full", "linear_probe", "partial"] = "full"
+    trainable_layers: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="With `partial`: the last N top-level blocks (plus the head) train.",
+    )
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
+    warmup_epochs: float = Field(0, ge=0, le=100)
+    image_size: int = Field(224, ge=16, le=1024)
+    augment: bool = True
+    validation_split: float = Field(
+        0.2, ge=0, le=0.9, description="Used when the dataset has no `val/`."
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(None, ge=1, le=1000, description="null = off")
+    mixed_precision: Literal["auto", "off"] = "auto"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> "JobCreate":
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError("warmup_epochs must be smaller than epochs")
+        return self
+
+
+class Progress(BaseModel):
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    fraction: float = 0.0
+
+
+class JobError(BaseModel):
+    code: str = Field(examples=["weights_unavailable"])
+    message: str
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(examples=["job_0192f3a1b2c3d4e5f6a7"])
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    spec: JobCreate
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    metrics: dict[str, Any] = Field(
+        examples=[
+            {
+                "train_loss": 0.21,
+                "val_loss": 0.18,
+                "val_accuracy": 0.95,
+                "best_val_accuracy": 0.96,
+                "images_per_second": 812.5,
+            }
+        ]
+    )
+    attempts: int
+    error: JobError | None
+    model_id: str | None
+
+
+class EventRead(BaseModel):
+    id: str = Field(examples=["42"])
+    created_at: datetime
+    type: Literal["status", "epoch", "checkpoint", "warning", "error"]
+    message: str = Field(examples=["epoch 1/5: val_accuracy 0.912"])
+    data: dict[str, Any]
+
+
+class CheckpointRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(examples=["ckpt_0192f3a1b2c3d4e5f6a7"])
+    epoch: int
+    metrics: dict[str, Any]
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+JobPage = Page[JobRead]
+EventPage = Page[EventRead]
+CheckpointPage = Page[CheckpointRead]

@@ -1,0 +1,133 @@
+"""Job use cases: create (validate, record, commit, enqueue), read, cancel, events."""
+
+import hashlib
+import json
+import logging
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.api.pagination import paginate
+from app.core import queue
+from app.core.config import Settings
+from app.core.errors import Conflict, Invalid, NotFound
+from app.core.events import add_event
+from app.core.ids import new_id
+from app.core.models import Checkpoint, Job, JobEvent, JobStatus, utcnow
+from app.jobs.schemas import JobCreate
+from app.jobs.validation import check_spec
+
+log = logging.getLogger(__name__)
+
+
+def _request_hash(spec: JobCreate) -> str:
+    return hashlib.sha256(
+        json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()
+
+
+def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.idempotency_key == key))
+    if job is not None and job.request_hash != digest:
+        raise Invalid(
+            "this Idempotency-Key was used with a different request body",
+            code="idempotency_key_reused",
+        )
+    return job
+
+
+def create(
+    session: Session, settings: Settings, spec: JobCreate, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Record a queued job, commit, then enqueue. Returns (job, created)."""
+    digest = _request_hash(spec)
+    if idempotency_key and (job := _by_idempotency_key(session, idempotency_key, digest)):
+        return job, False
+    check_spec(session, spec)
+    job = Job(
+        id=new_id("job"),
+        status=JobStatus.queued,
+        dataset_id=spec.dataset_id,
+        spec=spec.model_dump(mode="json"),
+        progress={"epoch": 0, "epochs": spec.epochs, "step": 0, "steps": 0, "fraction": 0.0},
+        metrics={},
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+    )
+    session.add(job)
+    add_event(session, job.id, "status", "job queued", {"status": "queued"})
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request with the same Idempotency-Key won the race.
+        session.rollback()
+        if idempotency_key and (existing := _by_idempotency_key(session, idempotency_key, digest)):
+            return existing, False
+        raise
+    try:
+        queue.enqueue(settings, job.id)
+    except Exception:  # the job row is the truth; a later wake-up re-sends it
+        log.exception("could not enqueue job %s; it stays queued", job.id)
+    return job, True
+
+
+def get(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist", code="job_not_found")
+    return job
+
+
+def list_(session: Session, status: str | None, limit: int, after: str | None) -> list[Job]:
+    stmt = select(Job)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    return list(session.scalars(paginate(stmt, Job.id, limit, after)))
+
+
+def cancel(session: Session, job_id: str) -> Job:
+    """Queued jobs end now; running ones get a flag their training loop polls."""
+    job = get(session, job_id)
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, finished_at=utcnow(), cancel_requested=True)
+    )
+    if done.rowcount:
+        add_event(session, job_id, "status", "job cancelled while queued", {"status": "cancelled"})
+        session.commit()
+    else:
+        flagged = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.running)
+            .values(cancel_requested=True)
+        )
+        if not flagged.rowcount:
+            session.rollback()
+            raise Conflict(f"job {job_id} is already {job.status}", code="job_not_cancellable")
+        session.commit()
+    session.refresh(job)
+    return job
+
+
+def events(session: Session, job_id: str, after: int | None, limit: int) -> list[JobEvent]:
+    """Oldest first, strictly after event id `after`; one extra row tells `has_more`."""
+    get(session, job_id)
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        stmt = stmt.where(JobEvent.id > after)
+    return list(session.scalars(stmt.order_by(JobEvent.id).limit(limit + 1)))
+
+
+def checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
+    get(session, job_id)
+    stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.epoch)
+    return list(session.scalars(stmt))
+
+
+def checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpoint:
+    row = session.get(Checkpoint, checkpoint_id)
+    if row is None or row.job_id != job_id:
+        raise NotFound(f"checkpoint {checkpoint_id} does not exist", code="checkpoint_not_found")
+    return row

@@ -1,0 +1,67 @@
+"""Checks of a job spec that need the database or torchvision's registry."""
+
+from sqlalchemy.orm import Session
+
+from app.core import registry
+from app.core.errors import Invalid, field_error
+from app.core.models import Dataset, Model
+from app.jobs.schemas import JobCreate, ModelRef
+
+
+def _invalid(field: str, message: str, code: str) -> Invalid:
+    return Invalid(message, code=code, errors=[field_error(f"body.{field}", message)])
+
+
+def check_spec(session: Session, spec: JobCreate) -> Dataset:
+    """Raise a 422 naming the field for anything the worker could not run; return the dataset."""
+    dataset = session.get(Dataset, spec.dataset_id)
+    if dataset is None:
+        raise _invalid(
+            "dataset_id", f"dataset {spec.dataset_id} does not exist", "dataset_not_found"
+        )
+    if spec.backbone not in registry.backbone_names():
+        raise _invalid(
+            "backbone",
+            f"{spec.backbone!r} is not a torchvision classification model; see GET /v1/backbones",
+            "backbone_unknown",
+        )
+    if isinstance(spec.weights, ModelRef):
+        model = session.get(Model, spec.weights.model_id)
+        if model is None:
+            raise _invalid(
+                "weights.model_id",
+                f"model {spec.weights.model_id} does not exist",
+                "model_not_found",
+            )
+        if model.backbone != spec.backbone:
+            raise _invalid(
+                "weights.model_id",
+                f"model {model.id} is a {model.backbone}, not a {spec.backbone}",
+                "weights_mismatch",
+            )
+    elif isinstance(spec.weights, str):
+        try:
+            resolved = registry.resolve_weights(spec.backbone, spec.weights)
+        except (KeyError, ValueError):
+            names = ", ".join(["DEFAULT", *registry.weight_names(spec.backbone)]) or "none"
+            raise _invalid(
+                "weights",
+                f"{spec.weights!r} is not a weight of {spec.backbone}; one of: {names}",
+                "weights_unknown",
+            ) from None
+        if not resolved.present:
+            raise _invalid(
+                "weights",
+                f"{resolved.name} is not in the local cache and cannot be downloaded here: put "
+                f"{resolved.url} at {resolved.path} (TORCH_HOME), or use weights null or "
+                f'{{"model_id": …}}',
+                "weights_unavailable",
+            )
+    has_val = dataset.splits.get("val", 0) > 0
+    if not has_val and spec.validation_split > 0 and min(dataset.class_counts.values()) < 2:
+        raise _invalid(
+            "validation_split",
+            "every class needs at least 2 images to hold some out for validation",
+            "dataset_too_small",
+        )
+    return dataset

@@ -1,0 +1,46 @@
+"""create_app(): the FastAPI application with its routers and problem+json handlers."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import health, problems
+from app.core.config import Settings, get_settings
+from app.datasets.router import router as datasets_router
+from app.jobs.router import router as jobs_router
+from app.models.inference import ModelCache
+from app.models.router import router as models_router
+
+DESCRIPTION = """
+Upload image datasets, fine-tune torchvision backbones on them (full, linear probe or
+partial unfreezing), follow the job, download the weights and classify images.
+Every error is `application/problem+json` with a stable `code`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; `settings` (tests) replaces the environment-read settings."""
+    resolved = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved.work_dir.mkdir(parents=True, exist_ok=True)
+        app.state.model_cache = ModelCache(resolved.model_cache_size, resolved.device)
+        yield
+
+    app = FastAPI(
+        title="Fine-tuning service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses={500: {"model": problems.Problem, "description": "Internal error"}},
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    problems.install(app)
+    for router in (health.router, datasets_router, jobs_router, models_router):
+        app.include_router(router)
+    logging.getLogger("app").setLevel(logging.INFO)
+    return app

@@ -1,0 +1,121 @@
+"""Prediction: a bounded LRU of loaded models, images decoded and batched per request.
+
+torch is imported inside functions so the API process pays for it only when a model is
+first used. Weights are read only from safetensors files this service wrote, after their
+SHA-256 matched the stored one; nothing is unpickled.
+"""
+
+import io
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.core.errors import Invalid, field_error
+from app.core.storage import sha256_file
+
+
+@dataclass
+class LoadedModel:
+    net: Any  # torch.nn.Module
+    classes: list[str]
+    image_size: int
+    mean: np.ndarray
+    std: np.ndarray
+    device: str
+    lock: threading.Lock
+
+
+def _load(path: Path, sha256: str, device: str) -> LoadedModel:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from torchvision import models
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if sha256_file(path) != sha256:
+        raise RuntimeError(f"weights file {path} does not match its recorded sha256")
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    classes = json.loads(meta["classes"])
+    net = models.get_model(meta["backbone"], weights=None, num_classes=len(classes))
+    net.load_state_dict(load_file(str(path)), strict=True)
+    net.eval().to(device, memory_format=torch.channels_last)
+    return LoadedModel(
+        net=net,
+        classes=classes,
+        image_size=int(meta["image_size"]),
+        mean=np.array(json.loads(meta["mean"]), dtype=np.float32).reshape(1, 3, 1, 1),
+        std=np.array(json.loads(meta["std"]), dtype=np.float32).reshape(1, 3, 1, 1),
+        device=device,
+        lock=threading.Lock(),
+    )
+
+
+class ModelCache:
+    """At most `size` models in memory; the least recently used is dropped first."""
+
+    def __init__(self, size: int, device: str = "auto") -> None:
+        self.size, self.device = size, device
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+
+    def get(self, model_id: str, path: Path, sha256: str) -> LoadedModel:
+        with self._lock:
+            if model_id in self._models:
+                self._models.move_to_end(model_id)
+                return self._models[model_id]
+            loaded = _load(path, sha256, self.device)
+            self.loads += 1
+            self._models[model_id] = loaded
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+            return loaded
+
+
+def decode(data: bytes, filename: str, size: int) -> np.ndarray:
+    """One upload as uint8 (3, size, size), exactly as training decoded it; 422 if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = (
+                img.convert("RGBA").convert("RGB") if "A" in img.getbands() else img.convert("RGB")
+            )
+            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise Invalid(
+            f"{filename} is not a readable image",
+            code="image_invalid",
+            errors=[
+                field_error("files", f"not a readable image ({type(exc).__name__})", file=filename)
+            ],
+        ) from None
+
+
+def predict(
+    model: LoadedModel, images: list[np.ndarray], top_k: int
+) -> list[list[tuple[str, float]]]:
+    """Top-k (label, probability) per image, one forward pass for the whole request."""
+    import torch
+
+    x = np.stack(images).astype(np.float32) / 255.0
+    x = (x - model.mean) / model.std
+    batch = torch.from_numpy(x).to(model.device)
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    k = min(top_k, len(model.classes))
+    with model.lock, torch.inference_mode():
+        probs = torch.softmax(model.net(batch).float(), dim=1)
+        scores, idx = probs.topk(k, dim=1)
+    return [
+        [(model.classes[i], float(s)) for s, i in zip(row_s, row_i, strict=True)]
+        for row_s, row_i in zip(scores.tolist(), idx.tolist(), strict=True)
+    ]

@@ -1,0 +1,93 @@
+"""HTTP routes of models and backbones: parse, call one service function, return a schema."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from app.api.deps import SessionDep, SettingsDep, StorageDep
+from app.api.files import weights_file_response
+from app.api.pagination import AfterQuery, LimitQuery, page_of
+from app.api.problems import problems
+from app.core import registry
+from app.core.errors import Invalid, field_error
+from app.models import inference, service
+from app.models.schemas import BackboneList, ModelPage, ModelRead, PredictResponse
+
+router = APIRouter(tags=["models"])
+
+
+def model_cache(request: Request) -> inference.ModelCache:
+    return request.app.state.model_cache
+
+
+ModelCacheDep = Annotated[inference.ModelCache, Depends(model_cache)]
+
+
+@router.get("/v1/models", response_model=ModelPage, summary="List models, newest first")
+def list_models(session: SessionDep, limit: LimitQuery = 20, after: AfterQuery = None) -> dict:
+    return page_of(service.list_(session, limit, after), limit, ModelRead.model_validate)
+
+
+@router.get("/v1/models/{model_id}", response_model=ModelRead, responses=problems(404))
+def get_model(model_id: str, session: SessionDep) -> ModelRead:
+    return ModelRead.model_validate(service.get(session, model_id))
+
+
+@router.get(
+    "/v1/models/{model_id}/content",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "A safetensors weights file",
+        },
+        **problems(404),
+    },
+    summary="Download the model's weights file (ETag = sha256)",
+)
+def download_model(
+    model_id: str, request: Request, session: SessionDep, storage: StorageDep
+) -> Response:
+    row = service.get(session, model_id)
+    return weights_file_response(
+        request, storage, row.storage_key, row.sha256, f"{row.id}.safetensors"
+    )
+
+
+@router.post(
+    "/v1/models/{model_id}/predict",
+    response_model=PredictResponse,
+    responses=problems(404),
+    summary="Classify one or more images",
+)
+async def predict(
+    model_id: str,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    cache: ModelCacheDep,
+    files: Annotated[list[UploadFile], File(description="One or more images.")],
+    top_k: Annotated[int, Query(ge=1, le=1000, description="Capped at the class count.")] = 5,
+) -> PredictResponse:
+    if len(files) > settings.max_predict_files:
+        raise Invalid(
+            f"at most {settings.max_predict_files} files per request",
+            code="too_many_files",
+            errors=[field_error("files", f"{len(files)} files sent")],
+        )
+    payload = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+    predictions = await run_in_threadpool(
+        service.predict, session, storage, cache, model_id, payload, top_k
+    )
+    return PredictResponse(model_id=model_id, predictions=predictions)
+
+
+@router.get(
+    "/v1/backbones",
+    response_model=BackboneList,
+    tags=["backbones"],
+    summary="Backbones and weights this install can use, and which weight files are present",
+)
+def list_backbones() -> dict:
+    return {"data": registry.describe_backbones(), "has_more": False, "next_cursor": None}

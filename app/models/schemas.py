@@ -1,0 +1,60 @@
+"""Models and predictions as clients see them."""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.pagination import Page
+
+
+class ModelRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(examples=["mdl_0192f3a1b2c3d4e5f6a7"])
+    job_id: str
+    backbone: str = Field(examples=["resnet18"])
+    classes: list[str] = Field(examples=[["daisy", "rose"]])
+    image_size: int = Field(examples=[224])
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class LabelScore(BaseModel):
+    label: str = Field(examples=["rose"])
+    score: float = Field(examples=[0.97])
+
+
+class Prediction(BaseModel):
+    filename: str = Field(examples=["flower.jpg"])
+    label: str = Field(examples=["rose"])
+    score: float = Field(examples=[0.97])
+    top_k: list[LabelScore]
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    predictions: list[Prediction]
+
+
+class BackboneWeight(BaseModel):
+    name: str = Field(examples=["ResNet18_Weights.IMAGENET1K_V1"])
+    default: bool
+    present: bool = Field(description="Whether the file is in TORCH_HOME's cache.")
+    file: str = Field(examples=["/root/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth"])
+    url: str
+    num_params: int | None = None
+
+
+class BackboneRead(BaseModel):
+    name: str = Field(examples=["resnet18"])
+    weights: list[BackboneWeight]
+
+
+class BackboneList(BaseModel):
+    data: list[BackboneRead]
+    has_more: bool = False
+    next_cursor: str | None = None
+
+
+ModelPage = Page[ModelRead]

@@ -1,0 +1,57 @@
+"""Model use cases: read, list, locate the weights file, predict."""
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.api.pagination import paginate
+from app.core.errors import Invalid, NotFound, field_error
+from app.core.models import Model
+from app.core.storage import LocalStorage
+from app.models import inference
+
+
+def get(session: Session, model_id: str) -> Model:
+    row = session.get(Model, model_id)
+    if row is None:
+        raise NotFound(f"model {model_id} does not exist", code="model_not_found")
+    return row
+
+
+def list_(session: Session, limit: int, after: str | None) -> list[Model]:
+    return list(session.scalars(paginate(select(Model), Model.id, limit, after)))
+
+
+def predict(
+    session: Session,
+    storage: LocalStorage,
+    cache: inference.ModelCache,
+    model_id: str,
+    files: list[tuple[str, bytes]],
+    top_k: int,
+) -> list[dict]:
+    """Top-k predictions for each (filename, bytes); every unreadable file is named in the 422."""
+    row = get(session, model_id)
+    loaded = cache.get(row.id, storage.path(row.storage_key), row.sha256)
+    images, errors = [], []
+    for name, data in files:
+        try:
+            images.append(inference.decode(data, name, loaded.image_size))
+        except Invalid as exc:
+            errors.extend(exc.errors or [])
+    if errors:
+        names = ", ".join(e["file"] for e in errors)
+        raise Invalid(f"unreadable image(s): {names}", code="image_invalid", errors=errors)
+    if not images:
+        raise Invalid(
+            "no images sent", code="image_missing", errors=[field_error("files", "required")]
+        )
+    results = inference.predict(loaded, images, top_k)
+    return [
+        {
+            "filename": name,
+            "label": ranked[0][0],
+            "score": ranked[0][1],
+            "top_k": [{"label": label, "score": score} for label, score in ranked],
+        }
+        for (name, _), ranked in zip(files, results, strict=True)
+    ]

@@ -1,0 +1,147 @@
+"""The training core on real digits, on CPU: it learns, freezes, stops and cancels."""
+
+import pytest
+import torch
+
+from worker.training.backbones import build_model
+from worker.training.loop import FitCallbacks, TrainingCancelled, build_schedule, fit, resolve_amp
+from worker.training.spec import TrainSpec
+
+CLASSES = tuple(str(i) for i in range(10))
+
+
+def spec(**overrides) -> TrainSpec:  # type: ignore[no-untyped-def]
+    base = dict(
+        backbone="resnet18",
+        classes=CLASSES,
+        epochs=2,
+        batch_size=32,
+        image_size=16,
+        augment=False,
+        learning_rate=2e-3,
+        device="cpu",
+    )
+    return TrainSpec(**{**base, **overrides})
+
+
+class Recorder(FitCallbacks):
+    def __init__(self, stop_after_steps: int | None = None) -> None:
+        self.steps, self.epochs, self.info = 0, [], {}
+        self.stop_after_steps = stop_after_steps
+
+    def on_start(self, info):  # type: ignore[no-untyped-def]
+        self.info = info
+
+    def on_step(self, epoch, step, steps):  # type: ignore[no-untyped-def]
+        self.steps += 1
+
+    def should_stop(self) -> bool:
+        return self.stop_after_steps is not None and self.steps >= self.stop_after_steps
+
+    def on_epoch_end(self, epoch, metrics, model):  # type: ignore[no-untyped-def]
+        self.epochs.append(
+            (epoch, dict(metrics), {k: v.clone() for k, v in model.state_dict().items()})
+        )
+
+
+def test_full_fine_tuning_learns_real_digits(digits_data) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder()
+    result = fit(spec(epochs=3, augment=True), digits_data, rec)
+    assert [e for e, _, _ in rec.epochs] == [1, 2, 3]
+    assert result.best_metrics["val_accuracy"] >= 0.8  # 16 px, 3 epochs, from scratch
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert rec.steps == 3 * (len(digits_data.train) // 32)
+    assert rec.info["trainable_parameters"] == sum(
+        p.numel() for p in build_model(spec())[0].parameters()
+    )
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "layers", "trainable_prefixes"),
+    [
+        ("linear_probe", 0, ("fc.",)),
+        ("partial", 1, ("fc.", "layer4.")),
+        ("partial", 2, ("fc.", "layer4.", "layer3.")),
+    ],
+)
+def test_frozen_parts_stay_bit_identical(small_data, strategy, layers, trainable_prefixes) -> None:  # type: ignore[no-untyped-def]
+    s = spec(strategy=strategy, trainable_layers=layers, epochs=1)
+    torch.manual_seed(s.seed)
+    initial = {k: v.clone() for k, v in build_model(s)[0].state_dict().items()}
+    rec = Recorder()
+    fit(s, small_data, rec)
+    changed = _changed(initial, rec.epochs[-1][2])
+    assert changed, "something must train"
+    assert all(k.startswith(trainable_prefixes) for k in changed), sorted(changed)[:5]
+    # BatchNorm running statistics of the trainable blocks do move
+    if strategy == "partial":
+        assert any(k.endswith("running_mean") for k in changed)
+
+
+def test_partial_splits_single_container_models() -> None:
+    s = spec(backbone="mobilenet_v3_small", strategy="partial", trainable_layers=3)
+    model, freezing = build_model(s)
+    assert freezing.total_blocks >= 10 and freezing.trainable_blocks == 3
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "classifier.3.weight" in trainable and "classifier.0.weight" in trainable
+    assert "features.0.0.weight" not in trainable
+
+
+def test_early_stopping_stops_when_nothing_improves(small_data) -> None:  # type: ignore[no-untyped-def]
+    # A learning rate too small to change a float32 weight: every epoch scores the same.
+    s = spec(strategy="linear_probe", epochs=6, learning_rate=1e-30, early_stopping_patience=2)
+    result = fit(s, small_data, Recorder())
+    assert result.stopped_early
+    assert [int(m["epoch"]) for m in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1
+
+
+def test_cancel_is_polled_within_an_epoch(small_data) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(stop_after_steps=2)
+    with pytest.raises(TrainingCancelled):
+        fit(spec(epochs=3), small_data, rec)
+    assert rec.steps == 2 and rec.epochs == []
+
+
+def test_test_split_is_scored_with_the_best_weights(small_data) -> None:  # type: ignore[no-untyped-def]
+    from worker.training.data import TrainData
+
+    data = TrainData(train=small_data.train, val=small_data.val, test=small_data.val)
+    result = fit(spec(epochs=2), data, Recorder())
+    assert result.test_metrics is not None
+    assert result.test_metrics["test_accuracy"] == pytest.approx(
+        result.best_metrics["val_accuracy"]
+    )
+
+
+def test_schedules_warm_up_then_decay() -> None:
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = build_schedule(
+        opt, spec(epochs=4, warmup_epochs=1, lr_schedule="cosine"), steps_per_epoch=10
+    )
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10:] == sorted(lrs[10:], reverse=True) and lrs[-1] < 0.01
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = build_schedule(opt, spec(epochs=3, lr_schedule="step"), steps_per_epoch=10)
+    lrs = []
+    for _ in range(30):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 1.0 and lrs[10] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.01)
+
+
+def test_mixed_precision_policy() -> None:
+    assert resolve_amp("off", torch.device("cpu")) is None
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_amp("auto", torch.device("cpu")) == (torch.bfloat16 if native else None)

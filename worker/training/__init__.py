@@ -1,0 +1,1 @@
+"""The training core: pure torch/torchvision, no Celery, SQL, HTTP or settings."""

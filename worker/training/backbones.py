@@ -1,0 +1,123 @@
+"""build_model(spec): torchvision backbone, its head sized for the dataset, freezing policy."""
+
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torchvision import models
+
+from worker.training.spec import InitWeights, TrainSpec
+
+# Fewer top-level blocks than this and the biggest one is split into its children, so that
+# `partial` has useful granularity on models like EfficientNet (one big `features`).
+MIN_BLOCKS = 4
+
+
+def find_head(model: nn.Module, num_classes: int) -> str:
+    """Name of the classifier layer: the last Linear/1×1 Conv producing `num_classes`."""
+    head = None
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.Linear) and module.out_features == num_classes) or (
+            isinstance(module, nn.Conv2d) and module.out_channels == num_classes
+        ):
+            head = name
+    if head is None:
+        raise ValueError(f"no classifier layer with {num_classes} outputs found")
+    return head
+
+
+def _pretrained_state(backbone: str, init: InitWeights) -> dict[str, torch.Tensor]:
+    if init.source == "file":
+        assert init.path is not None
+        return load_file(init.path)
+    assert init.name is not None
+    # get_model applies torchvision's own key fix-ups (DenseNet's legacy names, …) and
+    # reads the file from TORCH_HOME's cache; the caller checked that it is there.
+    return models.get_model(backbone, weights=models.get_weight(init.name)).state_dict()
+
+
+def _transplant(
+    model: nn.Module, state: dict[str, torch.Tensor], head: str, keep_head: bool
+) -> None:
+    """Copy every matching tensor except (unless `keep_head`) the classifier's."""
+    own = model.state_dict()
+    head_keys = {k for k in own if k.startswith(head + ".")}
+    missing = [
+        k for k in own if k not in head_keys and (k not in state or state[k].shape != own[k].shape)
+    ]
+    if missing:
+        raise ValueError(f"weights do not fit this backbone; e.g. {missing[:3]}")
+    chosen = {k: v for k, v in state.items() if k in own and (keep_head or k not in head_keys)}
+    model.load_state_dict(chosen, strict=False)
+
+
+@dataclass
+class Freezing:
+    """Which modules stay frozen: kept in eval mode so BatchNorm statistics never move."""
+
+    frozen: list[nn.Module]
+    trainable_blocks: int
+    total_blocks: int
+
+    def set_train_mode(self, model: nn.Module) -> None:
+        model.train()
+        for module in self.frozen:
+            module.eval()
+
+
+def _contains(module: nn.Module, target: nn.Module) -> bool:
+    return any(m is target for m in module.modules())
+
+
+def _blocks(model: nn.Module, head: nn.Module) -> list[nn.Module]:
+    """The ordered top-level blocks of the body (head excluded) that own parameters."""
+
+    def children(module: nn.Module) -> list[nn.Module]:
+        out: list[nn.Module] = []
+        for child in module.children():
+            if child is head or not any(True for _ in child.parameters()):
+                continue
+            out.extend(children(child) if _contains(child, head) else [child])
+        return out
+
+    blocks = children(model)
+    while len(blocks) < MIN_BLOCKS:
+        splittable = [b for b in blocks if children(b)]
+        if not splittable:
+            break
+        big = max(splittable, key=lambda b: sum(p.numel() for p in b.parameters()))
+        i = blocks.index(big)
+        blocks[i : i + 1] = children(big)
+    return blocks
+
+
+def apply_strategy(model: nn.Module, head_name: str, spec: TrainSpec) -> Freezing:
+    """Set requires_grad per strategy and return the modules to keep in eval mode."""
+    head = model.get_submodule(head_name)
+    if spec.strategy == "full":
+        return Freezing(frozen=[], trainable_blocks=0, total_blocks=0)
+    blocks = _blocks(model, head)
+    keep = 0 if spec.strategy == "linear_probe" else min(spec.trainable_layers, len(blocks))
+    trainable = [*blocks[len(blocks) - keep :], head]
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for module in trainable:
+        for param in module.parameters():
+            param.requires_grad_(True)
+    frozen = [
+        m
+        for m in model.modules()
+        if m is not model and not any(_contains(t, m) or _contains(m, t) for t in trainable)
+    ]
+    return Freezing(frozen=frozen, trainable_blocks=keep, total_blocks=len(blocks))
+
+
+def build_model(spec: TrainSpec) -> tuple[nn.Module, Freezing]:
+    """The backbone with a `num_classes` head, initialised and frozen as the spec says."""
+    model = models.get_model(spec.backbone, weights=None, num_classes=spec.num_classes)
+    head = find_head(model, spec.num_classes)
+    if spec.init.source != "none":
+        state = _pretrained_state(spec.backbone, spec.init)
+        _transplant(model, state, head, keep_head=spec.init.keep_head)
+    return model, apply_strategy(model, head, spec)
