@@ -1,0 +1,118 @@
+"""Job routes over HTTP: spec validation, defaults, idempotency, cancel, events, 404s."""
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core import registry
+
+
+def _field(problem: dict) -> str:
+    return problem["errors"][0]["field"]
+
+
+def test_spec_defaults_are_filled_and_echoed(client: TestClient, dataset: dict) -> None:
+    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["attempts"] == 0 and job["model_id"] is None
+    spec = job["spec"]
+    assert spec["backbone"] == "resnet18" and spec["strategy"] == "full" and spec["epochs"] == 10
+    assert spec["optimizer"] == "adamw" and spec["mixed_precision"] == "auto"
+    assert client.get(f"/v1/jobs/{job['id']}").json() == job
+
+
+@pytest.mark.parametrize(
+    ("patch", "status", "code", "field"),
+    [
+        ({"bogus": 1}, 422, "validation_error", "body.bogus"),
+        ({"epochs": 0}, 422, "validation_error", "body.epochs"),
+        ({"strategy": "half"}, 422, "validation_error", "body.strategy"),
+        ({"learning_rate": -1}, 422, "validation_error", "body.learning_rate"),
+        ({"backbone": "resnet9000"}, 422, "backbone_unknown", "body.backbone"),
+        ({"weights": "IMAGENET9K_V9"}, 422, "weights_unknown", "body.weights"),
+        ({"weights": {"model_id": "mdl_missing"}}, 422, "model_not_found", "body.weights.model_id"),
+        ({"dataset_id": "ds_missing"}, 422, "dataset_not_found", "body.dataset_id"),
+    ],
+)
+def test_bad_specs_are_refused_naming_the_field(
+    client, dataset, patch, status, code, field
+) -> None:  # type: ignore[no-untyped-def]
+    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None, **patch})
+    assert response.status_code == status, response.text
+    problem = response.json()
+    assert response.headers["content-type"] == "application/problem+json"
+    assert problem["code"] == code and _field(problem) == field
+
+
+def test_missing_weights_file_is_refused_with_where_to_put_it(
+    client: TestClient, dataset: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": "DEFAULT"})
+    assert response.status_code == 422
+    problem = response.json()
+    expected = registry.resolve_weights("resnet18", "DEFAULT")
+    assert problem["code"] == "weights_unavailable" and expected.path in problem["detail"]
+    Path(expected.path).parent.mkdir(parents=True)
+    Path(expected.path).write_bytes(b"placeholder: the API only checks presence")
+    response = client.post(
+        "/v1/jobs", json={"dataset_id": dataset["id"], "weights": "IMAGENET1K_V1"}
+    )
+    assert response.status_code == 202, response.text
+
+
+def test_idempotency_key_replays_or_refuses(client: TestClient, dataset: dict) -> None:
+    body = {"dataset_id": dataset["id"], "weights": None, "epochs": 3}
+    headers = {"Idempotency-Key": "abc-123"}
+    first = client.post("/v1/jobs", json=body, headers=headers)
+    again = client.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    other = client.post("/v1/jobs", json={**body, "epochs": 4}, headers=headers)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+
+
+def test_cancel_queued_job_at_once_then_409(client: TestClient, dataset: dict) -> None:
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None}).json()
+    response = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    assert response.json()["finished_at"] is not None
+    again = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert again.status_code == 409 and again.json()["code"] == "job_not_cancellable"
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert [(e["type"], e["data"]["status"]) for e in events] == [
+        ("status", "queued"),
+        ("status", "cancelled"),
+    ]
+    after = client.get(f"/v1/jobs/{job['id']}/events", params={"after": events[0]["id"]}).json()
+    assert [e["id"] for e in after["data"]] == [events[1]["id"]]
+
+
+def test_list_filters_by_status_newest_first(client: TestClient, dataset: dict) -> None:
+    a = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None}).json()
+    b = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None}).json()
+    client.post(f"/v1/jobs/{a['id']}/cancel")
+    queued = client.get("/v1/jobs", params={"status": "queued"}).json()["data"]
+    assert b["id"] in [j["id"] for j in queued] and a["id"] not in [j["id"] for j in queued]
+    page = client.get("/v1/jobs", params={"limit": 1}).json()
+    assert page["data"][0]["id"] == b["id"] and page["has_more"] and page["next_cursor"] == b["id"]
+    assert client.get("/v1/jobs", params={"status": "lost"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs/job_nope",
+        "/v1/jobs/job_nope/events",
+        "/v1/jobs/job_nope/checkpoints",
+        "/v1/jobs/job_nope/checkpoints/ckpt_nope/content",
+    ],
+)
+def test_unknown_job_is_404_problem(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] in {"job_not_found", "checkpoint_not_found"}

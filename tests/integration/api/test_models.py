@@ -1,0 +1,83 @@
+"""Model routes over HTTP: read, download with ETag, predict, cache, backbones."""
+
+import json
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import load
+from torchvision import models
+
+from app.core.config import Settings
+from app.core.storage import get_storage
+from tests.support.factories import make_model
+from tests.support.images import digit_members
+
+
+@pytest.fixture
+def model(client: TestClient, dataset: dict, db_session, settings: Settings) -> dict:  # type: ignore[no-untyped-def]
+    row = make_model(db_session, get_storage(settings.storage_url), dataset)
+    return client.get(f"/v1/models/{row.id}").json()
+
+
+def test_model_reads_and_lists(client: TestClient, model: dict, dataset: dict) -> None:
+    assert model["backbone"] == "resnet18" and model["classes"] == dataset["classes"]
+    assert model["image_size"] == 16
+    assert model["id"] in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert client.get("/v1/models/mdl_nope").status_code == 404
+
+
+def test_download_loads_into_plain_torchvision_and_honours_etag(
+    client: TestClient, model: dict
+) -> None:
+    response = client.get(f"/v1/models/{model['id']}/content")
+    assert response.status_code == 200
+    etag = response.headers["etag"]
+    net = models.get_model("resnet18", weights=None, num_classes=3)
+    net.load_state_dict(load(response.content), strict=True)
+    assert (
+        client.get(f"/v1/models/{model['id']}/content", headers={"If-None-Match": etag}).status_code
+        == 304
+    )
+    header = json.loads(response.content[8 : 8 + int.from_bytes(response.content[:8], "little")])
+    meta = header["__metadata__"]
+    assert json.loads(meta["classes"]) == model["classes"] and meta["backbone"] == "resnet18"
+    assert meta["job_id"] == model["job_id"] and meta["epoch"] == "1" and meta["image_size"] == "16"
+
+
+def test_predict_top_k_caps_at_class_count_and_reuses_the_loaded_model(
+    client: TestClient, model: dict
+) -> None:
+    _, held = digit_members(range(2), per_class=0, holdout=1, size=24)
+    files = [("files", (f"{label}.png", png, "image/png")) for png, label in held]
+    response = client.post(f"/v1/models/{model['id']}/predict", files=files, params={"top_k": 10})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [p["filename"] for p in body["predictions"]] == ["0.png", "1.png"]
+    for p in body["predictions"]:
+        assert len(p["top_k"]) == 3 and p["label"] == p["top_k"][0]["label"]
+        assert sum(s["score"] for s in p["top_k"]) == pytest.approx(1.0, abs=1e-4)
+    client.post(f"/v1/models/{model['id']}/predict", files=files[:1])
+    assert client.app.state.model_cache.loads == 1  # type: ignore[attr-defined]
+
+
+def test_predict_names_the_unreadable_file(client: TestClient, model: dict) -> None:
+    _, held = digit_members([0], per_class=0, holdout=1)
+    files = [
+        ("files", ("ok.png", held[0][0], "image/png")),
+        ("files", ("notes.jpg", b"text", "image/jpeg")),
+    ]
+    response = client.post(f"/v1/models/{model['id']}/predict", files=files)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["code"] == "image_invalid" and problem["errors"][0]["file"] == "notes.jpg"
+
+
+def test_backbones_lists_torchvision_models_and_file_presence(client: TestClient) -> None:
+    data = client.get("/v1/backbones").json()["data"]
+    names = {b["name"] for b in data}
+    assert {"resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_small", "vit_b_16"} <= names
+    resnet18 = next(b for b in data if b["name"] == "resnet18")
+    assert any(w["default"] for w in resnet18["weights"])
+    assert all(isinstance(w["present"], bool) for w in resnet18["weights"])
+    assert torch.hub.get_dir() in resnet18["weights"][0]["file"]

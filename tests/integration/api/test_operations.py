@@ -1,0 +1,69 @@
+"""Probes, OpenAPI completeness and problem+json for every kind of error."""
+
+from fastapi.testclient import TestClient
+
+from app.core.config import Settings
+from app.main import create_app
+
+
+def test_probes(client: TestClient) -> None:
+    assert client.get("/livez").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+
+
+def test_readyz_reports_a_dead_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        data_dir=tmp_path, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none"
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503 and response.json()["checks"]["database"].startswith(
+        "failing"
+    )
+
+
+def test_openapi_documents_every_route_with_problems(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    expected = {
+        ("/v1/datasets", "post"),
+        ("/v1/datasets", "get"),
+        ("/v1/datasets/{dataset_id}", "get"),
+        ("/v1/datasets/{dataset_id}", "delete"),
+        ("/v1/jobs", "post"),
+        ("/v1/jobs", "get"),
+        ("/v1/jobs/{job_id}", "get"),
+        ("/v1/jobs/{job_id}/cancel", "post"),
+        ("/v1/jobs/{job_id}/events", "get"),
+        ("/v1/jobs/{job_id}/checkpoints", "get"),
+        ("/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/content", "get"),
+        ("/v1/models", "get"),
+        ("/v1/models/{model_id}", "get"),
+        ("/v1/models/{model_id}/content", "get"),
+        ("/v1/models/{model_id}/predict", "post"),
+        ("/v1/backbones", "get"),
+        ("/livez", "get"),
+        ("/readyz", "get"),
+    }
+    assert expected <= {(p, m) for p, ops in paths.items() for m in ops}
+    for path, method in expected:
+        if "{" in path:
+            assert "404" in paths[path][method]["responses"], (path, method)
+    schemas = spec["components"]["schemas"]
+    assert "Problem" in schemas and "examples" in schemas["JobCreate"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_unhandled_errors_are_problems_without_traces(client: TestClient) -> None:
+    @client.app.get("/boom")  # type: ignore[attr-defined]
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    response = client.get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "secret" not in response.text and response.json()["code"] == "internal_error"
+    assert client.get("/v1/nowhere").json()["code"] == "not_found"
+    assert client.put("/v1/jobs").json()["code"] == "method_not_allowed"

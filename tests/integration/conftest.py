@@ -1,0 +1,70 @@
+"""Integration fixtures: a real API process and a real Celery worker on Postgres + Redis."""
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from torchvision import models
+
+from tests.support.images import digit_members, write_zip
+from tests.support.processes import free_port, running, service_env, wait_http, wait_log
+
+
+@dataclass
+class Service:
+    client: httpx.Client
+    data_dir: Path
+    torch_home: Path
+    worker_log: Path
+
+
+def fake_pretrained(torch_home: Path) -> None:
+    """ResNet18's DEFAULT weights file under TORCH_HOME: the real name and format, our numbers."""
+    path = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(models.get_model("resnet18", weights=None).state_dict(), path)
+
+
+@pytest.fixture(scope="session")
+def service(
+    tmp_path_factory: pytest.TempPathFactory, pg_url: str, redis_url: str
+) -> Iterator[Service]:
+    root = tmp_path_factory.mktemp("service")
+    torch_home = root / "torch"
+    fake_pretrained(torch_home)
+    env = service_env(
+        data_dir=str(root / "var"),
+        database_url=pg_url,
+        broker_url=redis_url,
+        torch_home=str(torch_home),
+        queue_name=f"training-test-{os.getpid()}",
+        progress_interval_s="0.5",
+        cancel_poll_interval_s="0.25",
+    )
+    port = free_port()
+    with (
+        running(["worker", "--concurrency", "1"], env, root / "worker.log") as worker,
+        running(["api", "--port", str(port)], env, root / "api.log") as api,
+    ):
+        wait_log(root / "worker.log", "ready.", worker)
+        wait_http(f"http://127.0.0.1:{port}/readyz", api, root / "api.log")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield Service(client, root / "var", torch_home, root / "worker.log")
+
+
+@dataclass
+class Digits:
+    archive: Path
+    held_out: list[tuple[bytes, int]]
+
+
+@pytest.fixture(scope="session")
+def digits10(tmp_path_factory: pytest.TempPathFactory) -> Digits:
+    """All ten digit classes, 32 px, with 10 images per class held out of the archive."""
+    members, held = digit_members(range(10), holdout=10, size=32)
+    return Digits(write_zip(tmp_path_factory.mktemp("digits") / "digits.zip", members), held)

@@ -1,0 +1,67 @@
+"""Rows and files as the worker would have written them, for API tests without training."""
+
+from sqlalchemy.orm import Session
+from torchvision import models
+
+from app.core.ids import new_id
+from app.core.models import Checkpoint, Job, JobStatus, Model, utcnow
+from app.core.storage import LocalStorage, sha256_file
+from worker.training.checkpoint import save_weights, weights_metadata
+from worker.training.spec import TrainSpec
+
+
+def make_model(
+    session: Session,
+    storage: LocalStorage,
+    dataset: dict,
+    backbone: str = "resnet18",
+    image_size: int = 16,
+) -> Model:
+    """A succeeded job with one checkpoint and its model (random weights, real file)."""
+    spec = TrainSpec(backbone=backbone, classes=tuple(dataset["classes"]), image_size=image_size)
+    job = Job(
+        id=new_id("job"),
+        status=JobStatus.succeeded,
+        dataset_id=dataset["id"],
+        spec={"dataset_id": dataset["id"], "backbone": backbone},
+        progress={},
+        metrics={},
+        attempts=1,
+        started_at=utcnow(),
+        finished_at=utcnow(),
+    )
+    key = f"jobs/{job.id}/checkpoints/epoch-0001.safetensors"
+    net = models.get_model(backbone, weights=None, num_classes=spec.num_classes)
+    save_weights(
+        storage.path(key), net.state_dict(), weights_metadata(spec, job_id=job.id, epoch=1)
+    )
+    path = storage.path(key)
+    ckpt = Checkpoint(
+        id=new_id("ckpt"),
+        job_id=job.id,
+        epoch=1,
+        metrics={"val_accuracy": 0.5},
+        size_bytes=path.stat().st_size,
+        sha256=sha256_file(path),
+        storage_key=key,
+    )
+    model = Model(
+        id=new_id("mdl"),
+        job_id=job.id,
+        checkpoint_id=ckpt.id,
+        backbone=backbone,
+        classes=list(spec.classes),
+        image_size=image_size,
+        metrics={"val_accuracy": 0.5},
+        size_bytes=ckpt.size_bytes,
+        sha256=ckpt.sha256,
+        storage_key=key,
+    )
+    job.model_id = model.id
+    session.add(job)
+    session.flush()
+    session.add(ckpt)
+    session.flush()
+    session.add(model)
+    session.commit()
+    return model

@@ -1,0 +1,39 @@
+"""The import rules of STYLE.md: the API never loads torch or the worker at import time."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imports_after(module: str) -> set[str]:
+    code = f"import sys, {module}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return set(out.stdout.split())
+
+
+def test_api_starts_without_torch_or_worker() -> None:
+    loaded = _imports_after("app.main")
+    assert "torch" not in loaded and "torchvision" not in loaded
+    assert not {m for m in loaded if m == "worker" or m.startswith("worker.")}
+
+
+def test_training_core_knows_nothing_of_celery_sql_http_or_settings() -> None:
+    for path in (ROOT / "worker" / "training").glob("*.py"):
+        text = path.read_text()
+        for banned in ("celery", "sqlalchemy", "fastapi", "app.", "httpx"):
+            assert f"import {banned}" not in text and f"from {banned}" not in text, (
+                path.name,
+                banned,
+            )
+
+
+def test_app_never_imports_worker() -> None:
+    for path in (ROOT / "app").rglob("*.py"):
+        if path.name == "cli.py":
+            continue  # the CLI starts workers, importing them inside the command only
+        text = path.read_text()
+        assert "from worker" not in text and "import worker" not in text, path

@@ -1,0 +1,70 @@
+"""Decode-once cache, stratified split and device-side batches."""
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from worker.training.data import (
+    DeviceBatches,
+    ImageSet,
+    cached_images,
+    random_resized_flip,
+    stratified_split,
+)
+
+
+def _draw(path: Path, color: tuple[int, int, int], mode: str = "RGB", size=(40, 20)) -> Path:  # type: ignore[no-untyped-def]
+    Image.new("RGB", size, color).convert(mode).save(path)
+    return path
+
+
+def test_images_are_decoded_once_and_cached(tmp_path: Path) -> None:
+    paths = [
+        _draw(tmp_path / "a.png", (255, 0, 0)),
+        _draw(tmp_path / "b.png", (0, 0, 255), mode="L"),
+        _draw(tmp_path / "c.png", (0, 255, 0), mode="P"),
+    ]
+    cache = tmp_path / "cache" / "8.safetensors"
+    images = cached_images(cache, paths, 8, threads=2)
+    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.uint8
+    assert images[0, :, 0, 0].tolist() == [255, 0, 0]
+    assert images[1, 0, 0, 0] == images[1, 1, 0, 0] == images[1, 2, 0, 0]  # grey → RGB
+    assert cache.exists()
+    for p in paths:
+        p.unlink()  # a second call must not need the files any more
+    assert torch.equal(cached_images(cache, paths, 8), images)
+
+
+def test_stratified_split_keeps_every_class_in_train() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 1)
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert sorted(torch.cat([train, val]).tolist()) == list(range(16))
+    assert (
+        (labels[val] == 0).sum() == 2
+        and (labels[val] == 1).sum() == 1
+        and (labels[val] == 2).sum() == 0
+    )
+    again, _ = stratified_split(labels, 0.2, seed=3)
+    assert torch.equal(train, again)
+
+
+def test_device_batches_normalise_in_channels_last() -> None:
+    data = ImageSet(torch.full((5, 3, 4, 4), 255, dtype=torch.uint8), torch.arange(5))
+    batches = DeviceBatches(data, torch.device("cpu"), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    out = list(
+        batches.iterate(2, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
+    )
+    assert len(out) == batches.steps(2, drop_last=True) == 2
+    x, _y = out[0]
+    assert x.is_contiguous(memory_format=torch.channels_last) and torch.allclose(
+        x, torch.ones_like(x)
+    )
+    assert len({int(v) for _, ys in out for v in ys}) == 4
+
+
+def test_augmentation_is_batched_and_seeded() -> None:
+    x = torch.rand(6, 3, 16, 16)
+    a = random_resized_flip(x, torch.Generator().manual_seed(1))
+    b = random_resized_flip(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)

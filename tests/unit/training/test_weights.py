@@ -1,0 +1,98 @@
+"""Weights files and starting weights: the contract's format, TORCH_HOME, earlier models."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torchvision import models
+
+from app.core import registry
+from worker.training.backbones import build_model
+from worker.training.checkpoint import read_metadata, save_weights, weights_metadata
+from worker.training.spec import InitWeights, TrainSpec
+
+CLASSES = ("cat", "dog", "eel")
+
+
+def test_weights_file_round_trips_into_plain_torchvision(tmp_path: Path) -> None:
+    spec = TrainSpec(backbone="resnet18", classes=CLASSES, image_size=64)
+    model, _ = build_model(spec)
+    model = model.to(memory_format=torch.channels_last)  # saved tensors must come out contiguous
+    path = tmp_path / "w.safetensors"
+    save_weights(path, model.state_dict(), weights_metadata(spec, job_id="job_x", epoch=3))
+    fresh = models.get_model("resnet18", weights=None, num_classes=3)
+    fresh.load_state_dict(load_file(path), strict=True)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor)
+    meta = read_metadata(path)
+    assert json.loads(meta["classes"]) == list(CLASSES)
+    assert meta["backbone"] == "resnet18" and meta["image_size"] == "64" and meta["epoch"] == "3"
+    assert json.loads(meta["mean"]) == list(spec.mean) and len(json.loads(meta["std"])) == 3
+    assert not list(tmp_path.glob(".*tmp")), "no temp file left behind"
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch"
+
+
+def test_pretrained_weights_come_from_torch_home(torch_home: Path) -> None:
+    resolved = registry.resolve_weights("resnet18", "DEFAULT")
+    assert resolved.name == "ResNet18_Weights.IMAGENET1K_V1"
+    assert resolved.path.startswith(str(torch_home)) and not resolved.present
+    # Stand-in for the real ImageNet file: same name, same format, our own numbers.
+    torch.manual_seed(7)
+    reference = models.get_model("resnet18", weights=None).state_dict()
+    Path(resolved.path).parent.mkdir(parents=True)
+    torch.save(reference, resolved.path)
+    assert registry.resolve_weights("resnet18", "ResNet18_Weights.IMAGENET1K_V1").present
+    spec = TrainSpec(
+        backbone="resnet18",
+        classes=CLASSES,
+        init=InitWeights(source="torchvision", name=resolved.name),
+    )
+    model, _ = build_model(spec)
+    state = model.state_dict()
+    assert torch.equal(state["layer4.1.conv2.weight"], reference["layer4.1.conv2.weight"])
+    assert torch.equal(state["bn1.running_var"], reference["bn1.running_var"])
+    assert state["fc.weight"].shape == (3, 512)
+
+
+def test_unknown_weight_names_raise_key_error() -> None:
+    with pytest.raises(KeyError):
+        registry.resolve_weights("resnet18", "IMAGENET9K")
+    with pytest.raises(KeyError):
+        registry.resolve_weights("resnet18", "ResNet50_Weights.IMAGENET1K_V1")
+
+
+@pytest.mark.parametrize("same_classes", [True, False])
+def test_start_from_an_earlier_model_file(tmp_path: Path, same_classes: bool) -> None:
+    first = TrainSpec(backbone="resnet18", classes=CLASSES)
+    source, _ = build_model(first)
+    path = tmp_path / "m.safetensors"
+    save_weights(path, source.state_dict(), weights_metadata(first, job_id="j", epoch=1))
+    classes = CLASSES if same_classes else ("a", "b")
+    spec = TrainSpec(
+        backbone="resnet18",
+        classes=classes,
+        init=InitWeights(source="file", path=str(path), keep_head=same_classes),
+    )
+    model, _ = build_model(spec)
+    assert torch.equal(
+        model.state_dict()["layer1.0.conv1.weight"], source.state_dict()["layer1.0.conv1.weight"]
+    )
+    assert torch.equal(model.fc.weight, source.fc.weight) == same_classes
+
+
+def test_weights_of_another_backbone_are_refused(tmp_path: Path) -> None:
+    other, _ = build_model(TrainSpec(backbone="mobilenet_v3_small", classes=CLASSES))
+    path = tmp_path / "m.safetensors"
+    save_weights(path, other.state_dict(), {})
+    spec = TrainSpec(
+        backbone="resnet18", classes=CLASSES, init=InitWeights(source="file", path=str(path))
+    )
+    with pytest.raises(ValueError, match="do not fit"):
+        build_model(spec)
