@@ -16,7 +16,9 @@ from app.core.queue import TRAIN_TASK, broker_options
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app for `settings`; the tasks module registers its tasks on it."""
-    app = Celery("finetune", broker=settings.broker_url, include=["worker.tasks"])
+    app = Celery(
+        "finetune", broker=settings.broker_url, include=["worker.tasks", "worker.lifecycle"]
+    )
     options = broker_options(settings)
     if settings.embedded_broker:
         options["polling_interval"] = 0.2  # the filesystem transport polls its folder

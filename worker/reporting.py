@@ -1,4 +1,8 @@
-"""FitCallbacks that write progress, events, checkpoints and cancellation to the database."""
+"""FitCallbacks that write progress, events, checkpoints and resume state to the database.
+
+Every write is fenced by the attempt's lease: if it matches no row, another attempt owns the
+job, this one deletes what it wrote and stops (AttemptInterrupted).
+"""
 
 import logging
 import math
@@ -7,15 +11,19 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
-from torch import nn
 
 from app.core.events import add_event
 from app.core.ids import new_id
-from app.core.models import Checkpoint, Job, JobStatus
+from app.core.models import Checkpoint, Job
 from app.core.storage import LocalStorage, sha256_file
+from worker.faults import Faults
+from worker.lease import AttemptInterrupted, Lease
+from worker.retry import retrying
 from worker.training.checkpoint import save_weights, weights_metadata
 from worker.training.loop import FitCallbacks
+from worker.training.resume import save_state
 from worker.training.spec import TrainSpec
+from worker.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("train_loss", "val_loss", "val_accuracy", "best_val_accuracy", "images_per_second")
@@ -32,90 +40,98 @@ def clean(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 class DatabaseReporter(FitCallbacks):
-    """Reports one attempt of one job; every write is conditional on the job still running."""
+    """Reports one attempt of one job."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         storage: LocalStorage,
-        job_id: str,
+        lease: Lease,
         spec: TrainSpec,
         progress_interval_s: float,
         cancel_interval_s: float,
+        faults: Faults | None = None,
     ) -> None:
-        self.sessions, self.storage, self.job_id, self.spec = sessions, storage, job_id, spec
+        self.sessions, self.storage, self.lease, self.spec = sessions, storage, lease, spec
+        self.job_id = lease.job_id
         self.progress_interval_s, self.cancel_interval_s = progress_interval_s, cancel_interval_s
+        self.faults = faults or Faults("")
         self._last_progress = self._last_cancel_check = 0.0
-        self._epoch_started = time.monotonic()
-        self.checkpoint_ids: dict[int, str] = {}
 
-    def _update_running(self, session: Session, **values: Any) -> bool:
-        done = session.execute(
-            update(Job)
-            .where(Job.id == self.job_id, Job.status == JobStatus.running)
-            .values(**values)
-        )
-        return bool(done.rowcount)
+    def _fenced(self, session: Session, **values: Any) -> None:
+        """Update the job row if this attempt still owns it, else stop the attempt."""
+        if not session.execute(update(Job).where(*self.lease.fence()).values(**values)).rowcount:
+            session.rollback()
+            self.lease.lost.set()
+            raise AttemptInterrupted("lease_lost")
+
+    def write(self, change: Any) -> None:
+        """Run `change(session)` + commit as one fenced, retried transaction."""
+
+        def attempt() -> None:
+            with self.sessions() as session:
+                change(session)
+                session.commit()
+
+        retrying(attempt)
 
     def on_start(self, info: dict[str, Any]) -> None:
-        with self.sessions() as session:
-            message = f"training on {info['device']} in {info['precision']}"
+        message = f"training on {info['device']} in {info['precision']}"
+
+        def change(session: Session) -> None:
+            self._fenced(session, lease_expires_at=self.lease.expiry())
             add_event(session, self.job_id, "status", message, {"status": "running", **info})
-            session.commit()
+
+        self.write(change)
+
+    def on_batch(self, size: int) -> None:
+        self.faults.before_batch(size)
 
     def on_step(self, epoch: int, step: int, steps: int) -> None:
+        self.faults.after_step()
         now = time.monotonic()
-        if step == 1:
-            self._epoch_started = now
         if now - self._last_progress < self.progress_interval_s:
             return
         self._last_progress = now
-        elapsed = now - self._epoch_started
+        fraction = round(((epoch - 1) + step / steps) / self.spec.epochs, 4)
         progress = {
             "epoch": epoch,
             "epochs": self.spec.epochs,
             "step": step,
             "steps": steps,
-            "fraction": round(((epoch - 1) + step / steps) / self.spec.epochs, 4),
+            "fraction": fraction,
         }
-        with self.sessions() as session:
-            self._update_running(session, progress=progress)
-            session.commit()
-        if elapsed > 0:
-            log.info(
-                "job %s epoch %d step %d/%d %.0f img/s",
-                self.job_id,
-                epoch,
-                step,
-                steps,
-                step * self.spec.batch_size / elapsed,
-            )
+        self.write(lambda session: self._fenced(session, progress=progress))
 
     def should_stop(self) -> bool:
+        self.lease.check()
         now = time.monotonic()
         if now - self._last_cancel_check < self.cancel_interval_s:
             return False
         self._last_cancel_check = now
         with self.sessions() as session:
-            flag = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-        return bool(flag)
+            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
-        key = f"jobs/{self.job_id}/checkpoints/epoch-{epoch:04d}.safetensors"
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any], trainer: Trainer) -> None:
+        # Named per attempt: a stale attempt can never overwrite what the live one wrote.
+        tag = f"epoch-{epoch:04d}-a{self.lease.attempt}"
+        key = f"jobs/{self.job_id}/checkpoints/{tag}.safetensors"
+        resume_key = f"jobs/{self.job_id}/state/{tag}.safetensors"
         path = self.storage.path(key)
-        save_weights(
-            path, model.state_dict(), weights_metadata(self.spec, job_id=self.job_id, epoch=epoch)
-        )
+        meta = weights_metadata(self.spec, job_id=self.job_id, epoch=epoch)
+        save_weights(path, trainer.model.state_dict(), meta)
+        save_state(self.storage.path(resume_key), trainer, epoch)
         metrics = clean(metrics)
-        checkpoint = Checkpoint(
-            id=new_id("ckpt"),
-            job_id=self.job_id,
-            epoch=epoch,
-            metrics=metrics,
-            size_bytes=path.stat().st_size,
-            sha256=sha256_file(path),
-            storage_key=key,
-        )
+        row = {
+            "id": new_id("ckpt"),
+            "job_id": self.job_id,
+            "epoch": epoch,
+            "metrics": metrics,
+            "size_bytes": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "storage_key": key,
+            "resume_key": resume_key,
+        }
         progress = {
             "epoch": epoch,
             "epochs": self.spec.epochs,
@@ -124,22 +140,38 @@ class DatabaseReporter(FitCallbacks):
             "fraction": round(epoch / self.spec.epochs, 4),
         }
         summary = {k: metrics.get(k) for k in SUMMARY_KEYS}
-        with self.sessions() as session:
-            if not self._update_running(session, progress=progress, metrics=summary):
-                session.rollback()
-                return
-            session.add(checkpoint)
-            accuracy = metrics.get("val_accuracy")
+        stale: list[str] = []
+
+        def change(session: Session) -> None:
+            self._fenced(
+                session, progress=progress, metrics=summary, lease_expires_at=self.lease.expiry()
+            )
+            stale[:] = session.scalars(
+                select(Checkpoint.resume_key).where(
+                    Checkpoint.job_id == self.job_id, Checkpoint.resume_key.is_not(None)
+                )
+            )
+            session.execute(
+                update(Checkpoint).where(Checkpoint.job_id == self.job_id).values(resume_key=None)
+            )
+            session.add(Checkpoint(**row))  # a fresh object per try: retries start clean
             text = f"epoch {epoch}/{self.spec.epochs}: train_loss {metrics['train_loss']:.4f}"
-            if accuracy is not None:
-                text += f", val_accuracy {accuracy:.4f}"
+            if metrics.get("val_accuracy") is not None:
+                text += f", val_accuracy {metrics['val_accuracy']:.4f}"
             add_event(session, self.job_id, "epoch", text, {"epoch": epoch, **metrics})
             add_event(
                 session,
                 self.job_id,
                 "checkpoint",
                 f"checkpoint of epoch {epoch} saved",
-                {"epoch": epoch, "checkpoint_id": checkpoint.id, "sha256": checkpoint.sha256},
+                {"epoch": epoch, "checkpoint_id": row["id"], "sha256": row["sha256"]},
             )
-            session.commit()
-        self.checkpoint_ids[epoch] = checkpoint.id
+
+        try:
+            self.write(change)
+        except AttemptInterrupted:
+            self.storage.delete(key)
+            self.storage.delete(resume_key)
+            raise
+        for old in stale:  # only the latest epoch's optimiser state is needed to resume
+            self.storage.delete(old)

@@ -1,272 +1,303 @@
-"""Run one job: claim it, build its TrainSpec and data, fit, and record the outcome."""
+"""Run one attempt of a job: claim it, resume it, fit, and record exactly one outcome."""
 
-import json
 import logging
 import os
+import signal
 import socket
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core import registry
+from app.core import queue
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
 from app.core.events import add_event
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, utcnow
 from app.core.storage import LocalStorage, get_storage
+from worker.faults import Faults
+from worker.jobspec import JobFailure, build_spec, load_data
+from worker.lease import AttemptInterrupted, Lease
 from worker.reporting import DatabaseReporter, clean
-from worker.training.data import ImageSet, TrainData, cached_images, stratified_split
+from worker.retry import retrying
 from worker.training.loop import FitResult, TrainingCancelled, fit
-from worker.training.spec import InitWeights, TrainSpec
+from worker.training.resume import ResumeState, load_state
+from worker.training.spec import TrainSpec
 
 log = logging.getLogger(__name__)
 
 
-class JobFailure(Exception):
-    """A failure with a stable code that the user can act on."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-def claim(session: Session, job_id: str) -> bool:
-    """queued → running in one conditional UPDATE: at most one worker wins."""
-    won = session.execute(
-        update(Job)
+def claim(session: Session, job_id: str, lease_s: float) -> int | None:
+    """queued → running in one row-locked conditional UPDATE; the attempt number, or None."""
+    locked = session.scalar(
+        select(Job.attempts)
         .where(Job.id == job_id, Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
+        .with_for_update(skip_locked=True)
+    )
+    if locked is None:
+        session.rollback()
+        return None
+    attempt = locked + 1
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued, Job.attempts == locked)
         .values(
             status=JobStatus.running,
-            attempts=Job.attempts + 1,
+            attempts=attempt,
             started_at=utcnow(),
+            lease_expires_at=utcnow() + timedelta(seconds=lease_s),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
         )
-    ).rowcount
-    if won:
-        add_event(session, job_id, "status", "job running", {"status": "running"})
+    )
+    add_event(
+        session,
+        job_id,
+        "status",
+        f"job running (attempt {attempt})",
+        {"status": "running", "attempt": attempt},
+    )
     session.commit()
-    return bool(won)
+    return attempt
 
 
-def _init_weights(
-    session: Session, storage: LocalStorage, spec: dict[str, Any], classes: list[str]
-) -> InitWeights:
-    weights = spec["weights"]
-    if weights is None:
-        return InitWeights()
-    if isinstance(weights, dict):
-        model = session.get(Model, weights["model_id"])
-        if model is None:
-            raise JobFailure("model_not_found", f"model {weights['model_id']} no longer exists")
-        return InitWeights(
-            source="file",
-            path=str(storage.path(model.storage_key)),
-            keep_head=model.classes == classes,
-        )
-    resolved = registry.resolve_weights(spec["backbone"], weights)
-    if not resolved.present:
-        raise JobFailure(
-            "weights_unavailable", f"{resolved.name} needs {resolved.path} ({resolved.url})"
-        )
-    return InitWeights(source="torchvision", name=resolved.name)
+def _finish(lease: Lease, status: JobStatus, message: str, **values: Any) -> None:
+    def write() -> None:
+        with lease.sessions() as session:
+            if session.execute(
+                update(Job)
+                .where(*lease.fence())
+                .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
+            ).rowcount:
+                if values.get("error"):
+                    add_event(
+                        session, lease.job_id, "error", values["error"]["message"], values["error"]
+                    )
+                add_event(session, lease.job_id, "status", message, {"status": str(status)})
+            session.commit()
+
+    retrying(write)
 
 
-def build_spec(
-    session: Session, settings: Settings, storage: LocalStorage, job: Job, dataset: Dataset
-) -> TrainSpec:
-    """The frozen TrainSpec of a job, its weights resolved to a file that exists."""
-    s = job.spec
-    fields = (
-        "strategy",
-        "trainable_layers",
-        "epochs",
-        "batch_size",
-        "learning_rate",
-        "optimizer",
-        "momentum",
-        "weight_decay",
-        "lr_schedule",
-        "warmup_epochs",
-        "image_size",
-        "augment",
-        "label_smoothing",
-        "early_stopping_patience",
-        "mixed_precision",
-        "seed",
+def _release(settings: Settings, lease: Lease, reason: str) -> None:
+    """Hand the job back (deploy, lost parent): another worker resumes it from its checkpoint."""
+
+    def write() -> None:
+        with lease.sessions() as session:
+            if session.execute(
+                update(Job)
+                .where(*lease.fence())
+                .values(
+                    status=JobStatus.queued,
+                    released=Job.released + 1,
+                    lease_expires_at=None,
+                    worker_id=None,
+                    enqueued_at=utcnow(),
+                )
+            ).rowcount:
+                add_event(
+                    session,
+                    lease.job_id,
+                    "status",
+                    f"attempt {lease.attempt} released ({reason}); queued to resume",
+                    {"status": "queued", "reason": reason},
+                )
+            session.commit()
+
+    retrying(write)
+    try:
+        queue.enqueue(settings, lease.job_id)
+    except Exception:  # the reaper re-sends it
+        log.warning("could not re-enqueue released job %s", lease.job_id, exc_info=True)
+
+
+def _resume_state(session: Session, storage: LocalStorage, job_id: str) -> ResumeState | None:
+    """The state after the job's last committed epoch, if an earlier attempt got that far."""
+    last = session.scalar(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.resume_key.is_not(None))
+        .order_by(Checkpoint.epoch.desc())
+        .limit(1)
     )
-    return TrainSpec(
-        backbone=s["backbone"],
-        classes=tuple(dataset.classes),
-        init=_init_weights(session, storage, s, dataset.classes),
-        device=settings.device,
-        **{name: s[name] for name in fields},
-    )
-
-
-def load_data(
-    settings: Settings,
-    storage: LocalStorage,
-    dataset: Dataset,
-    spec: TrainSpec,
-    validation_split: float,
-) -> TrainData:
-    """Decode the dataset once (cached per dataset and size) and split it."""
-    root = storage.path(dataset.storage_key)
-    manifest = json.loads((root / "manifest.json").read_text())
-    entries = manifest["entries"]
-    index = {name: i for i, name in enumerate(dataset.classes)}
-    cache = settings.work_dir / "cache" / dataset.id / f"{spec.image_size}.safetensors"
-    images = cached_images(
-        cache, [root / e["file"] for e in entries], spec.image_size, settings.decode_threads
-    )
-    labels = torch.tensor([index[e["label"]] for e in entries], dtype=torch.long)
-    full = ImageSet(images, labels)
-    split = torch.tensor([{"train": 0, "val": 1, "test": 2}[e["split"]] for e in entries])
-    pick = lambda k: full.subset(torch.nonzero(split == k).flatten())  # noqa: E731
-    train, val, test = pick(0), pick(1), pick(2)
-    if len(val) == 0 and validation_split > 0:
-        train_idx, val_idx = stratified_split(train.labels, validation_split, spec.seed)
-        train, val = train.subset(train_idx), train.subset(val_idx)
-    return TrainData(train=train, val=val if len(val) else None, test=test if len(test) else None)
-
-
-def _finish(
-    sessions: sessionmaker[Session], job_id: str, status: JobStatus, message: str, **values: Any
-) -> None:
-    with sessions() as session:
-        done = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.running)
-            .values(status=status, finished_at=utcnow(), **values)
-        ).rowcount
-        if done:
-            data = {"status": str(status)}
-            if values.get("error"):
-                add_event(session, job_id, "error", values["error"]["message"], values["error"])
-            add_event(session, job_id, "status", message, data)
-        session.commit()
-
-
-def _record_success(
-    sessions: sessionmaker[Session],
-    job: Job,
-    spec: TrainSpec,
-    result: FitResult,
-    reporter: DatabaseReporter,
-) -> None:
-    with sessions() as session:
-        best = session.get(Checkpoint, reporter.checkpoint_ids[result.best_epoch])
-        assert best is not None
-        metrics = clean(
-            {
-                **result.best_metrics,
-                **(result.test_metrics or {}),
-                "best_epoch": result.best_epoch,
-                "stopped_early": result.stopped_early,
-            }
+    if last is None or last.resume_key is None or not storage.exists(last.resume_key):
+        return None
+    keys = dict(
+        session.execute(
+            select(Checkpoint.epoch, Checkpoint.storage_key).where(Checkpoint.job_id == job_id)
         )
-        model = Model(
-            id=new_id("mdl"),
-            job_id=job.id,
-            checkpoint_id=best.id,
-            backbone=spec.backbone,
-            classes=list(spec.classes),
-            image_size=spec.image_size,
-            metrics=metrics,
-            size_bytes=best.size_bytes,
-            sha256=best.sha256,
-            storage_key=best.storage_key,
-        )
-        session.add(model)
-        last = clean(result.history[-1])
-        summary = {
-            **{
-                k: last.get(k)
-                for k in ("train_loss", "val_loss", "val_accuracy", "images_per_second")
-            },
-            "best_val_accuracy": metrics.get("val_accuracy"),
-            "best_epoch": result.best_epoch,
-            **clean(result.test_metrics or {}),
-        }
-        done = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.running)
-            .values(
-                status=JobStatus.succeeded,
-                finished_at=utcnow(),
-                model_id=model.id,
-                metrics=summary,
-                progress={
-                    "epoch": last["epoch"],
-                    "epochs": spec.epochs,
-                    "step": 0,
-                    "steps": 0,
-                    "fraction": 1.0,
-                },
+        .tuples()
+        .all()
+    )
+    return load_state(storage.path(last.resume_key), lambda epoch: storage.path(keys[epoch]))
+
+
+def _record_success(lease: Lease, spec: TrainSpec, result: FitResult) -> None:
+    def write() -> None:
+        with lease.sessions() as session:
+            best = session.scalar(
+                select(Checkpoint).where(
+                    Checkpoint.job_id == lease.job_id, Checkpoint.epoch == result.best_epoch
+                )
             )
-        ).rowcount
-        if not done:
-            session.rollback()
-            return
-        add_event(
-            session,
-            job.id,
-            "status",
-            f"job succeeded; model {model.id} from epoch {result.best_epoch}",
-            {"status": "succeeded", "model_id": model.id, "best_epoch": result.best_epoch},
+            assert best is not None
+            metrics = clean(
+                {
+                    **result.best_metrics,
+                    **(result.test_metrics or {}),
+                    "best_epoch": result.best_epoch,
+                    "stopped_early": result.stopped_early,
+                }
+            )
+            model = Model(
+                id=new_id("mdl"),
+                job_id=lease.job_id,
+                checkpoint_id=best.id,
+                backbone=spec.backbone,
+                classes=list(spec.classes),
+                image_size=spec.image_size,
+                metrics=metrics,
+                size_bytes=best.size_bytes,
+                sha256=best.sha256,
+                storage_key=best.storage_key,
+            )
+            last = clean(result.history[-1])
+            summary = {
+                **{
+                    k: last.get(k)
+                    for k in ("train_loss", "val_loss", "val_accuracy", "images_per_second")
+                },
+                "best_val_accuracy": metrics.get("val_accuracy"),
+                "best_epoch": result.best_epoch,
+                **clean(result.test_metrics or {}),
+            }
+            progress = {
+                "epoch": last["epoch"],
+                "epochs": spec.epochs,
+                "step": 0,
+                "steps": 0,
+                "fraction": 1.0,
+            }
+            if not session.execute(
+                update(Job)
+                .where(*lease.fence())
+                .values(
+                    status=JobStatus.succeeded,
+                    finished_at=utcnow(),
+                    model_id=model.id,
+                    metrics=summary,
+                    progress=progress,
+                    lease_expires_at=None,
+                )
+            ).rowcount:
+                session.rollback()
+                return
+            session.add(model)
+            add_event(
+                session,
+                lease.job_id,
+                "status",
+                f"job succeeded; model {model.id} from epoch {result.best_epoch}",
+                {"status": "succeeded", "model_id": model.id, "best_epoch": result.best_epoch},
+            )
+            session.commit()
+
+    retrying(write)
+
+
+@contextmanager
+def _sigterm_releases(lease: Lease) -> Iterator[None]:
+    """SIGTERM (deploy) stops the loop at its next step, after any checkpoint being written."""
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: lease.request_release("shutdown"))
+    except ValueError:  # not the main thread (in-process tests): no signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(settings: Settings, storage: LocalStorage, lease: Lease, faults: Faults) -> None:
+    with lease.sessions() as session:
+        job = session.get(Job, lease.job_id)
+        assert job is not None
+        dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+        if dataset is None:
+            raise JobFailure("dataset_not_found", "the job's dataset was deleted")
+        spec = build_spec(session, settings, storage, job, dataset)
+        validation_split = job.spec["validation_split"]
+    data = load_data(settings, storage, dataset, spec, validation_split)
+    micro: int | None = None
+    while True:
+        with lease.sessions() as session:
+            resume = _resume_state(session, storage, lease.job_id)
+        if micro is None and resume is not None:
+            micro = resume.meta.get("micro_batch")
+        reporter = DatabaseReporter(
+            lease.sessions,
+            storage,
+            lease,
+            spec,
+            settings.progress_interval_s,
+            settings.cancel_poll_interval_s,
+            faults,
         )
-        session.commit()
+        try:
+            result = fit(spec, data, reporter, resume=resume, micro_batch=micro)
+        except torch.OutOfMemoryError:
+            micro = (micro or spec.batch_size) // 2
+            if micro < 1:
+                raise JobFailure("out_of_memory", "out of memory even with a batch of 1") from None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            text = (
+                f"out of memory: retrying from the last checkpoint with micro-batches of {micro} "
+                f"and gradient accumulation (effective batch {spec.batch_size})"
+            )
+            warning = {"code": "out_of_memory", "micro_batch": micro}
+            reporter.write(lambda s, t=text, w=warning: add_event(s, lease.job_id, "warning", t, w))
+            continue
+        _record_success(lease, spec, result)
+        return
 
 
 def run_job(settings: Settings, job_id: str) -> None:
-    """Train `job_id` if this worker can claim it; always leave the job in a truthful state."""
-    sessions = get_sessionmaker(settings.database_url)
+    """Run one attempt of `job_id` if it can be claimed; leave the job in a truthful state."""
+    sessions: sessionmaker[Session] = get_sessionmaker(settings.database_url)
     storage = get_storage(settings.storage_url)
     with sessions() as session:
-        if not claim(session, job_id):
-            log.info("job %s is not queued (or cancelled); nothing to do", job_id)
-            return
-        job = session.get(Job, job_id)
-        assert job is not None
-        try:
-            dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
-            if dataset is None:
-                raise JobFailure("dataset_not_found", "the job's dataset was deleted")
-            spec = build_spec(session, settings, storage, job, dataset)
-        except JobFailure as exc:
-            _finish(
-                sessions,
-                job_id,
-                JobStatus.failed,
-                "job failed",
-                error={"code": exc.code, "message": exc.message},
-            )
-            return
-    reporter = DatabaseReporter(
-        sessions,
-        storage,
-        job_id,
-        spec,
-        settings.progress_interval_s,
-        settings.cancel_poll_interval_s,
-    )
-    try:
-        data = load_data(settings, storage, dataset, spec, job.spec["validation_split"])
-        result = fit(spec, data, reporter)
-    except TrainingCancelled:
-        _finish(sessions, job_id, JobStatus.cancelled, "job cancelled while running")
+        attempt = claim(session, job_id, settings.lease_s)
+    if attempt is None:
+        log.info("job %s is not queued (or cancelled); nothing to do", job_id)
         return
+    lease = Lease(sessions, job_id, attempt, settings.lease_s).start()
+    try:
+        with _sigterm_releases(lease):
+            _train(settings, storage, lease, Faults())
+    except TrainingCancelled:
+        _finish(lease, JobStatus.cancelled, "job cancelled while running")
+    except AttemptInterrupted as exc:
+        if exc.reason == "lease_lost":
+            log.warning("job %s attempt %d lost its lease; stopping", job_id, attempt)
+        else:
+            _release(settings, lease, exc.reason)
+    except JobFailure as exc:
+        _finish(
+            lease, JobStatus.failed, "job failed", error={"code": exc.code, "message": exc.message}
+        )
+    except OperationalError:
+        log.exception(
+            "job %s: database unreachable; the lease will lapse and the job resume", job_id
+        )
     except Exception as exc:
         log.exception("job %s failed", job_id)
         error = {"code": "training_error", "message": f"{type(exc).__name__}: {exc}"[:1000]}
-        _finish(sessions, job_id, JobStatus.failed, "job failed", error=error)
-        return
-    _record_success(sessions, job, spec, result, reporter)
-
-
-def cache_dir(settings: Settings) -> Path:
-    return settings.work_dir / "cache"
+        _finish(lease, JobStatus.failed, "job failed", error=error)
+    finally:
+        lease.stop()

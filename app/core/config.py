@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     max_predict_files: int = Field(64, ge=1)
     decode_threads: int = Field(4, ge=1, description="Threads that decode dataset images.")
 
+    lease_s: float = Field(
+        30.0, gt=0, description="A running attempt's lease; renewed every third."
+    )
+    reaper_interval_s: float = Field(10.0, gt=0, description="How often workers reap and re-send.")
+    requeue_grace_s: float = Field(5.0, ge=0, description="Age before a queued job counts as lost.")
+    max_attempts: int = Field(3, ge=1, description="Crashed attempts before a job fails.")
+    visibility_timeout_s: int = Field(3600, ge=1, description="Redis transport redelivery time.")
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":
         self.data_dir = self.data_dir.resolve()

@@ -1,18 +1,23 @@
-"""The API's only touchpoint with Celery: send a training task by name."""
+"""The API's only touchpoint with Celery: send a training task by name, see what is pending."""
 
+import json
+import re
 from functools import lru_cache
+from pathlib import Path
 
 from celery import Celery
 
 from app.core.config import Settings
 
 TRAIN_TASK = "finetune.train"
+_JOB_ID = re.compile(r"job_[0-9a-f]{22}")
 
 
 def broker_options(settings: Settings) -> dict[str, object]:
     """Transport options shared by the API's producer and the worker."""
     if not settings.embedded_broker:
-        return {}
+        # Early ack makes redelivery moot; a long timeout keeps Redis from even trying.
+        return {"visibility_timeout": settings.visibility_timeout_s}
     folder = settings.broker_dir
     for sub in ("queue", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -33,6 +38,9 @@ def _producer(broker_url: str, queue: str, options: tuple[tuple[str, object], ..
         accept_content=["json"],
         task_default_queue=queue,
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        # Fail fast when the broker is down: the job row is safe and the reaper re-sends it.
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.2},
     )
     return app
 
@@ -46,6 +54,38 @@ def get_producer(settings: Settings) -> Celery:
 def enqueue(settings: Settings, job_id: str) -> None:
     """Wake a worker for `job_id`; the job row, not the message, is the truth."""
     get_producer(settings).send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
+
+
+def pending_job_ids(settings: Settings) -> set[str]:
+    """Job ids of every training message the broker still holds (queued or reserved)."""
+    if settings.embedded_broker:
+        folder = settings.broker_dir / "queue"
+        texts = [p.read_text(errors="replace") for p in _files(folder, settings.queue_name)]
+    else:
+        with get_producer(settings).connection_for_read() as conn:
+            client = conn.default_channel.client
+            keys = [k for k in client.scan_iter(match=f"{settings.queue_name}*", count=100)]
+            texts = []
+            for key in keys:
+                if client.type(key) in (b"list", "list"):
+                    texts += [_text(m) for m in client.lrange(key, 0, -1)]
+            texts += [_text(m) for m in client.hvals("unacked")]
+    return {job_id for text in texts for job_id in _JOB_ID.findall(text)}
+
+
+def _files(folder: Path, queue: str) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.name.endswith(f".{queue}.msg")]
+    except FileNotFoundError:
+        return []
+
+
+def _text(raw: bytes | str) -> str:
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    try:  # kombu keeps the task's args readable in the `argsrepr` header
+        return json.dumps(json.loads(text).get("headers", {})) if text.startswith("{") else text
+    except (ValueError, AttributeError):
+        return text
 
 
 def broker_ok(settings: Settings) -> bool:

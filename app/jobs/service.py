@@ -54,6 +54,7 @@ def create(
         metrics={},
         idempotency_key=idempotency_key,
         request_hash=digest,
+        enqueued_at=utcnow(),
     )
     session.add(job)
     add_event(session, job.id, "status", "job queued", {"status": "queued"})

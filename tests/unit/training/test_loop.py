@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from worker.training.backbones import build_model
-from worker.training.loop import FitCallbacks, TrainingCancelled, build_schedule, fit, resolve_amp
+from worker.training.loop import FitCallbacks, TrainingCancelled, fit
+from worker.training.trainer import build_schedule, resolve_amp
 from worker.training.spec import TrainSpec
 
 CLASSES = tuple(str(i) for i in range(10))
@@ -38,10 +39,9 @@ class Recorder(FitCallbacks):
     def should_stop(self) -> bool:
         return self.stop_after_steps is not None and self.steps >= self.stop_after_steps
 
-    def on_epoch_end(self, epoch, metrics, model):  # type: ignore[no-untyped-def]
-        self.epochs.append(
-            (epoch, dict(metrics), {k: v.clone() for k, v in model.state_dict().items()})
-        )
+    def on_epoch_end(self, epoch, metrics, trainer):  # type: ignore[no-untyped-def]
+        state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        self.epochs.append((epoch, dict(metrics), state))
 
 
 def test_full_fine_tuning_learns_real_digits(digits_data) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,102 @@
+"""The safety net that makes the database the source of truth for jobs.
+
+`reap` runs in every worker (every `reaper_interval_s`) and once when the API starts:
+1. a `running` job whose lease expired lost its worker (killed, paused, partitioned): it goes
+   back to `queued` to resume from its last checkpoint, or ends `failed`
+   (`max_attempts_exceeded`) once crashes used up `max_attempts`, or `cancelled` if asked;
+2. a `queued` job that the broker no longer holds (Redis flushed or restarted, a send that
+   failed while the broker was down) is sent again. Duplicate messages are harmless: only
+   one worker wins the conditional claim.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.core import queue
+from app.core.config import Settings
+from app.core.events import add_event
+from app.core.models import Job, JobStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReapReport:
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+
+
+def _expire_leases(session: Session, settings: Settings, report: ReapReport) -> None:
+    now = utcnow()
+    stmt = (
+        select(Job)
+        .where(Job.status == JobStatus.running, Job.lease_expires_at < now)
+        .with_for_update(skip_locked=True)
+    )
+    for job in session.scalars(stmt):
+        fence = (Job.id == job.id, Job.status == JobStatus.running, Job.attempts == job.attempts)
+        lost = f"attempt {job.attempts} lost its worker ({job.worker_id}): lease expired"
+        if job.cancel_requested:
+            values = {"status": JobStatus.cancelled, "finished_at": now}
+            report.cancelled.append(job.id)
+        elif job.attempts - job.released >= settings.max_attempts:
+            error = {
+                "code": "max_attempts_exceeded",
+                "message": f"{lost}; {settings.max_attempts} attempts crashed",
+            }
+            values = {"status": JobStatus.failed, "finished_at": now, "error": error}
+            add_event(session, job.id, "error", error["message"], error)
+            report.failed.append(job.id)
+        else:
+            values = {"status": JobStatus.queued, "enqueued_at": None}
+            report.requeued.append(job.id)
+        session.execute(
+            update(Job).where(*fence).values(lease_expires_at=None, worker_id=None, **values)
+        )
+        add_event(
+            session,
+            job.id,
+            "status",
+            f"{lost}; now {values['status']}",
+            {"status": str(values["status"]), "attempt": job.attempts},
+        )
+    session.commit()
+
+
+def _resend_lost(session: Session, settings: Settings, report: ReapReport) -> None:
+    cutoff = utcnow() - timedelta(seconds=settings.requeue_grace_s)
+    stmt = select(Job.id).where(
+        Job.status == JobStatus.queued,
+        (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff),
+    )
+    candidates = list(session.scalars(stmt))
+    if not candidates:
+        return
+    held = queue.pending_job_ids(settings)
+    for job_id in candidates:
+        if job_id in held:
+            continue
+        queue.enqueue(settings, job_id)
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+        report.resent.append(job_id)
+    session.commit()
+
+
+def reap(session: Session, settings: Settings) -> ReapReport:
+    """Expire lost leases and re-send lost messages; safe to run anywhere, any time."""
+    report = ReapReport()
+    _expire_leases(session, settings, report)
+    try:
+        _resend_lost(session, settings, report)
+    except Exception:  # broker down: the next round tries again
+        session.rollback()
+        log.warning("broker unavailable; queued jobs will be re-sent later", exc_info=True)
+    if any((report.requeued, report.failed, report.cancelled, report.resent)):
+        log.info("reaper: %s", report)
+    return report

@@ -1,0 +1,58 @@
+"""Exact resume: a run continued from an epoch's saved state matches an uninterrupted run."""
+
+from pathlib import Path
+
+import pytest
+
+from worker.training.checkpoint import save_weights
+from worker.training.loop import FitCallbacks, fit
+from worker.training.resume import load_state, save_state
+from worker.training.spec import TrainSpec
+
+VOLATILE = {"images_per_second"}
+
+
+class Saver(FitCallbacks):
+    """Writes checkpoint + state files per epoch, as the worker's reporter does."""
+
+    def __init__(self, root: Path, stop_after: int | None = None) -> None:
+        self.root, self.stop_after = root, stop_after
+        self.sizes: set[int] = set()
+
+    def on_batch(self, size: int) -> None:
+        self.sizes.add(size)
+
+    def on_epoch_end(self, epoch, metrics, trainer) -> None:  # type: ignore[no-untyped-def]
+        save_weights(self.root / f"model-{epoch}.safetensors", trainer.model.state_dict(), {})
+        save_state(self.root / f"state-{epoch}.safetensors", trainer, epoch)
+        if self.stop_after == epoch:
+            raise KeyboardInterrupt  # the process "dies" right after the epoch's files are safe
+
+
+def _stable(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k not in VOLATILE} for m in history]
+
+
+@pytest.mark.parametrize("overrides", [{"augment": True}, {"optimizer": "sgd", "lr_schedule": "step"}])
+def test_resumed_run_matches_uninterrupted(small_data, tmp_path: Path, overrides: dict) -> None:  # type: ignore[no-untyped-def]
+    spec = TrainSpec(backbone="resnet18", classes=tuple(str(i) for i in range(10)), epochs=4,
+                     batch_size=32, image_size=16, learning_rate=2e-3, device="cpu", **overrides)
+    whole = fit(spec, small_data, Saver(tmp_path / "a"))
+    with pytest.raises(KeyboardInterrupt):
+        fit(spec, small_data, Saver(tmp_path / "b", stop_after=2))
+    b = tmp_path / "b"
+    state = load_state(b / "state-2.safetensors", lambda epoch: b / f"model-{epoch}.safetensors")
+    resumed = fit(spec, small_data, Saver(b), resume=state)
+    for got, expected in zip(_stable(resumed.history), _stable(whole.history), strict=True):
+        assert got == pytest.approx(expected, rel=1e-6)
+    assert [m["epoch"] for m in resumed.history] == [1, 2, 3, 4]
+    assert resumed.best_epoch == whole.best_epoch
+
+
+def test_micro_batches_keep_the_effective_batch(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = TrainSpec(backbone="resnet18", classes=tuple(str(i) for i in range(10)), epochs=1,
+                     batch_size=32, image_size=16, device="cpu")
+    saver = Saver(tmp_path)
+    result = fit(spec, small_data, saver, micro_batch=8)
+    assert saver.sizes == {8}
+    assert result.history[0]["train_loss"] > 0

@@ -1,0 +1,98 @@
+"""From a job row to what the training core takes: a TrainSpec and decoded TrainData."""
+
+import json
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session
+
+from app.core import registry
+from app.core.config import Settings
+from app.core.models import Dataset, Job, Model
+from app.core.storage import LocalStorage
+from worker.training.data import ImageSet, TrainData, cached_images, stratified_split
+from worker.training.spec import InitWeights, TrainSpec
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+SPEC_FIELDS = (
+    "strategy",
+    "trainable_layers",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "lr_schedule",
+    "warmup_epochs",
+    "image_size",
+    "augment",
+    "label_smoothing",
+    "early_stopping_patience",
+    "mixed_precision",
+    "seed",
+)
+
+
+class JobFailure(Exception):
+    """A failure with a stable code that the user can act on."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _init_weights(
+    session: Session, storage: LocalStorage, spec: dict[str, Any], classes: list[str]
+) -> InitWeights:
+    weights = spec["weights"]
+    if weights is None:
+        return InitWeights()
+    if isinstance(weights, dict):
+        model = session.get(Model, weights["model_id"])
+        if model is None:
+            raise JobFailure("model_not_found", f"model {weights['model_id']} no longer exists")
+        path = str(storage.path(model.storage_key))
+        return InitWeights(source="file", path=path, keep_head=model.classes == classes)
+    resolved = registry.resolve_weights(spec["backbone"], weights)
+    if not resolved.present:
+        raise JobFailure(
+            "weights_unavailable", f"{resolved.name} needs {resolved.path} ({resolved.url})"
+        )
+    return InitWeights(source="torchvision", name=resolved.name)
+
+
+def build_spec(
+    session: Session, settings: Settings, storage: LocalStorage, job: Job, dataset: Dataset
+) -> TrainSpec:
+    """The frozen TrainSpec of a job, its weights resolved to a file that exists."""
+    return TrainSpec(
+        backbone=job.spec["backbone"],
+        classes=tuple(dataset.classes),
+        init=_init_weights(session, storage, job.spec, dataset.classes),
+        device=settings.device,
+        **{name: job.spec[name] for name in SPEC_FIELDS},
+    )
+
+
+def load_data(
+    settings: Settings,
+    storage: LocalStorage,
+    dataset: Dataset,
+    spec: TrainSpec,
+    validation_split: float,
+) -> TrainData:
+    """Decode the dataset once (cached per dataset and image size) and split it."""
+    root = storage.path(dataset.storage_key)
+    entries = json.loads((root / "manifest.json").read_text())["entries"]
+    index = {name: i for i, name in enumerate(dataset.classes)}
+    cache = settings.work_dir / "cache" / dataset.id / f"{spec.image_size}.safetensors"
+    paths = [root / e["file"] for e in entries]
+    images = cached_images(cache, paths, spec.image_size, settings.decode_threads)
+    full = ImageSet(images, torch.tensor([index[e["label"]] for e in entries], dtype=torch.long))
+    split = torch.tensor([SPLITS[e["split"]] for e in entries])
+    train, val, test = (full.subset(torch.nonzero(split == k).flatten()) for k in range(3))
+    if len(val) == 0 and validation_split > 0:
+        train_idx, val_idx = stratified_split(train.labels, validation_split, spec.seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    return TrainData(train=train, val=val if len(val) else None, test=test if len(test) else None)

@@ -1,0 +1,88 @@
+"""Worker process lifecycle: heartbeat + reaper thread, fork hygiene, graceful shutdown."""
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+from billiard import process
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.core.config import get_settings
+from app.core.db import forget_inherited_connections, get_sessionmaker
+from app.core.models import Worker, utcnow
+from app.core.reaper import reap
+
+log = logging.getLogger(__name__)
+
+
+class Beacon:
+    """In the worker's main process: report liveness and run the reaper every interval."""
+
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="beacon", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with get_sessionmaker(self.settings.database_url)() as session:
+            session.execute(delete(Worker).where(Worker.id == self.id))
+            session.commit()
+
+    def beat(self) -> None:
+        with get_sessionmaker(self.settings.database_url)() as session:
+            dialect = session.get_bind().dialect.name
+            insert = (postgresql if dialect == "postgresql" else sqlite).insert
+            stmt = insert(Worker).values(
+                id=self.id, queues=self.settings.queue_name, last_seen_at=utcnow()
+            )
+            session.execute(
+                stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen_at": utcnow()})
+            )
+            session.commit()
+            reap(session, self.settings)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except Exception:  # database or broker away: try again next round
+                log.warning("worker heartbeat/reaper round failed", exc_info=True)
+            if self._stop.wait(self.settings.reaper_interval_s):
+                return
+
+
+_beacon: Beacon | None = None
+
+
+@worker_process_init.connect
+def _child_started(**_: object) -> None:
+    forget_inherited_connections()
+
+
+@worker_ready.connect
+def _ready(**_: object) -> None:
+    global _beacon
+    _beacon = Beacon()
+    _beacon.start()
+
+
+@worker_shutting_down.connect
+def _shutting_down(**_: object) -> None:
+    """Forward the shutdown to training children so they checkpoint-release, not run on."""
+    for child in process.active_children():
+        if child.pid:
+            os.kill(child.pid, signal.SIGTERM)
+    if _beacon is not None:
+        try:
+            _beacon.stop()
+        except Exception:
+            log.warning("could not remove the worker row", exc_info=True)

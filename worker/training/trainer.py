@@ -1,0 +1,208 @@
+"""Trainer: model, optimiser, schedule, precision and RNGs of one run, and its epoch steps."""
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from worker.training.backbones import Freezing, build_model
+from worker.training.data import DeviceBatches
+from worker.training.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from worker.training.loop import FitCallbacks
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 where the hardware runs it natively, else fp16 on CUDA."""
+    if mode == "off":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if native or amx else None
+    return None
+
+
+def build_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    """SGD or AdamW over trainable parameters; no weight decay on biases and norms."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": spec.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=spec.learning_rate, momentum=spec.momentum, nesterov=spec.momentum > 0
+        )
+    return torch.optim.AdamW(groups, lr=spec.learning_rate)
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step multiplier: linear warmup, then constant, cosine to 0, or ×0.1 every third."""
+    total = max(1, spec.epochs * steps_per_epoch)
+    warmup = int(spec.warmup_epochs * steps_per_epoch)
+    step_every = max(1, math.ceil(spec.epochs / 3)) * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if spec.lr_schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if spec.lr_schedule == "step":
+            return 0.1 ** (step // step_every)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _loss(out: Any, target: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+    loss = criterion(_logits(out), target)
+    aux = getattr(out, "aux_logits", None)  # Inception/GoogLeNet auxiliary heads in train mode
+    if isinstance(aux, torch.Tensor):
+        loss = loss + 0.4 * criterion(aux, target)
+    return loss
+
+
+@dataclass
+class Trainer:
+    """The objects of one run, built once by `build_trainer`, plus its epoch history."""
+
+    spec: TrainSpec
+    model: nn.Module
+    freezing: Freezing
+    device: torch.device
+    amp: torch.dtype | None
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    shuffle_gen: torch.Generator
+    augment_gen: torch.Generator | None
+    micro_batch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision around forward and loss only (never the optimiser step)."""
+        dtype = self.amp or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.amp is not None)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, callbacks: "FitCallbacks") -> torch.Tensor:
+        """One optimiser step over a batch, in micro-batches when memory demands it."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for xs, ys in zip(x.split(self.micro_batch), y.split(self.micro_batch), strict=True):
+            callbacks.on_batch(xs.shape[0])
+            with self.autocast():
+                loss = _loss(self.model(xs), ys, self.criterion) * (ys.shape[0] / y.shape[0])
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            total += loss.detach()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.schedule.step()
+        return total
+
+    def train_one_epoch(
+        self, batches: DeviceBatches, epoch: int, callbacks: "FitCallbacks"
+    ) -> dict[str, float]:
+        spec = self.spec
+        self.freezing.set_train_mode(self.model)
+        steps = batches.steps(spec.batch_size, drop_last=True)
+        loss_sum = torch.zeros((), device=self.device)
+        seen = 0
+        start = time.perf_counter()
+        batches_iter = batches.iterate(
+            spec.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=self.shuffle_gen,
+            augment=self.augment_gen,
+        )
+        for step, (x, y) in enumerate(batches_iter, start=1):
+            loss_sum += self._step(x, y, callbacks) * y.shape[0]
+            seen += y.shape[0]
+            callbacks.on_step(epoch, step, steps)
+            callbacks.check_stop()
+        train_loss = loss_sum.item() / max(1, seen)  # the epoch's one host sync
+        elapsed = time.perf_counter() - start
+        return {
+            "train_loss": train_loss,
+            "images_per_second": seen / elapsed if elapsed > 0 else 0.0,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+        }
+
+    @torch.inference_mode()
+    def evaluate(self, batches: DeviceBatches, prefix: str) -> dict[str, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        correct5 = torch.zeros((), device=self.device, dtype=torch.long)
+        k = min(5, self.spec.num_classes)
+        for x, y in batches.iterate(max(self.spec.batch_size, 64)):
+            with self.autocast():
+                logits = _logits(self.model(x))
+            logits = logits.float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+            top = logits.topk(k, dim=1).indices
+            correct += (top[:, 0] == y).sum()
+            correct5 += (top == y[:, None]).any(dim=1).sum()
+        n = max(1, len(batches))
+        return {
+            f"{prefix}_loss": loss_sum.item() / n,
+            f"{prefix}_accuracy": correct.item() / n,
+            f"{prefix}_top5_accuracy": correct5.item() / n,
+        }
+
+
+def build_trainer(spec: TrainSpec, steps_per_epoch: int, micro_batch: int | None = None) -> Trainer:
+    """Model, optimiser, schedule and precision for `spec`, on its device."""
+    torch.manual_seed(spec.seed)
+    device = resolve_device(spec.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model, freezing = build_model(spec)
+    model = model.to(device, memory_format=torch.channels_last)
+    amp = resolve_amp(spec.mixed_precision, device)
+    optimizer = build_optimizer(model, spec)
+    augment_gen = None
+    if spec.augment:
+        augment_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
+    return Trainer(
+        spec=spec,
+        model=model,
+        freezing=freezing,
+        device=device,
+        amp=amp,
+        criterion=nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing),
+        optimizer=optimizer,
+        schedule=build_schedule(optimizer, spec, steps_per_epoch),
+        scaler=torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
+        shuffle_gen=torch.Generator().manual_seed(spec.seed),
+        augment_gen=augment_gen,
+        micro_batch=min(micro_batch or spec.batch_size, spec.batch_size),
+    )
