@@ -5,19 +5,32 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 
 from app.api import health, problems
 from app.core.config import Settings, get_settings
+from app.core.db import session_scope
+from app.core.reaper import reap
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.models.inference import ModelCache
 from app.models.router import router as models_router
 
+log = logging.getLogger(__name__)
 DESCRIPTION = """
 Upload image datasets, fine-tune torchvision backbones on them (full, linear probe or
 partial unfreezing), follow the job, download the weights and classify images.
 Every error is `application/problem+json` with a stable `code`.
 """
+
+
+def _reap_once(settings: Settings) -> None:
+    """Recover jobs orphaned while no worker ran (see app.core.reaper)."""
+    try:
+        with session_scope(settings.database_url) as session:
+            reap(session, settings)
+    except Exception:  # a missing database shows in /readyz; startup goes on
+        log.warning("startup reaper round failed", exc_info=True)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved.work_dir.mkdir(parents=True, exist_ok=True)
         app.state.model_cache = ModelCache(resolved.model_cache_size, resolved.device)
+        await run_in_threadpool(_reap_once, resolved)
         yield
 
     app = FastAPI(

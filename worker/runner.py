@@ -136,7 +136,11 @@ def _resume_state(session: Session, storage: LocalStorage, job_id: str) -> Resum
     return load_state(storage.path(last.resume_key), lambda epoch: storage.path(keys[epoch]))
 
 
-def _record_success(lease: Lease, spec: TrainSpec, result: FitResult) -> None:
+def _record_success(
+    lease: Lease, storage: LocalStorage, spec: TrainSpec, result: FitResult
+) -> None:
+    stale: list[str] = []
+
     def write() -> None:
         with lease.sessions() as session:
             best = session.scalar(
@@ -197,6 +201,14 @@ def _record_success(lease: Lease, spec: TrainSpec, result: FitResult) -> None:
                 session.rollback()
                 return
             session.add(model)
+            stale[:] = session.scalars(
+                select(Checkpoint.resume_key).where(
+                    Checkpoint.job_id == lease.job_id, Checkpoint.resume_key.is_not(None)
+                )
+            )
+            session.execute(
+                update(Checkpoint).where(Checkpoint.job_id == lease.job_id).values(resume_key=None)
+            )
             add_event(
                 session,
                 lease.job_id,
@@ -207,6 +219,8 @@ def _record_success(lease: Lease, spec: TrainSpec, result: FitResult) -> None:
             session.commit()
 
     retrying(write)
+    for key in stale:  # a finished job never resumes: drop its optimiser state
+        storage.delete(key)
 
 
 @contextmanager
@@ -263,7 +277,7 @@ def _train(settings: Settings, storage: LocalStorage, lease: Lease, faults: Faul
             warning = {"code": "out_of_memory", "micro_batch": micro}
             reporter.write(lambda s, t=text, w=warning: add_event(s, lease.job_id, "warning", t, w))
             continue
-        _record_success(lease, spec, result)
+        _record_success(lease, storage, spec, result)
         return
 
 

@@ -17,6 +17,7 @@ from app.jobs.schemas import (
     JobCreate,
     JobPage,
     JobRead,
+    QueueInfo,
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -49,12 +50,23 @@ def create_job(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
-    return JobRead.model_validate(job)
+    return _read(session, settings, [job])[0]
+
+
+def _read(session: SessionDep, settings: SettingsDep, jobs: list) -> list[JobRead]:  # type: ignore[type-arg]
+    waiting = service.queue_info(session, settings, jobs)
+    return [
+        JobRead.model_validate(j).model_copy(
+            update={"queue": QueueInfo(**waiting[j.id]) if j.id in waiting else None}
+        )
+        for j in jobs
+    ]
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first")
 def list_jobs(
     session: SessionDep,
+    settings: SettingsDep,
     status_: Annotated[
         str | None,
         Query(alias="status", pattern="^(queued|running|succeeded|failed|cancelled)$"),
@@ -63,12 +75,14 @@ def list_jobs(
     after: AfterQuery = None,
 ) -> dict:
     rows = service.list_(session, status_, limit, after)
-    return page_of(rows, limit, JobRead.model_validate)
+    page = page_of(rows, limit, lambda job: job)
+    page["data"] = _read(session, settings, page["data"])
+    return page
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=problems(404))
-def get_job(job_id: str, session: SessionDep) -> JobRead:
-    return JobRead.model_validate(service.get(session, job_id))
+def get_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
+    return _read(session, settings, [service.get(session, job_id)])[0]
 
 
 @router.post(
@@ -78,8 +92,19 @@ def get_job(job_id: str, session: SessionDep) -> JobRead:
     responses=problems(404, 409),
     summary="Cancel a job: queued ones at once, running ones within seconds",
 )
-def cancel_job(job_id: str, session: SessionDep) -> JobRead:
-    return JobRead.model_validate(service.cancel(session, job_id))
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
+    return _read(session, settings, [service.cancel(session, job_id)])[0]
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    responses=problems(404, 409),
+    summary="Re-queue a failed job; it resumes from its last checkpoint",
+)
+def retry_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
+    return _read(session, settings, [service.retry(session, settings, job_id)])[0]
 
 
 def _event(row) -> EventRead:  # type: ignore[no-untyped-def]

@@ -112,6 +112,13 @@ class JobRead(BaseModel):
     attempts: int
     error: JobError | None
     model_id: str | None
+    queue: "QueueInfo | None" = Field(None, description="For a queued job: why it waits.")
+
+
+class QueueInfo(BaseModel):
+    position: int = Field(examples=[2], description="1 = next to start.")
+    workers_alive: int = Field(examples=[1])
+    reason: str = Field(examples=["waiting for a free worker (1 job ahead)"])
 
 
 class EventRead(BaseModel):

@@ -3,8 +3,9 @@
 import hashlib
 import json
 import logging
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -14,7 +15,7 @@ from app.core.config import Settings
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.events import add_event
 from app.core.ids import new_id
-from app.core.models import Checkpoint, Job, JobEvent, JobStatus, utcnow
+from app.core.models import Checkpoint, Job, JobEvent, JobStatus, Worker, utcnow
 from app.jobs.schemas import JobCreate
 from app.jobs.validation import check_spec
 
@@ -68,8 +69,8 @@ def create(
         raise
     try:
         queue.enqueue(settings, job.id)
-    except Exception:  # the job row is the truth; a later wake-up re-sends it
-        log.exception("could not enqueue job %s; it stays queued", job.id)
+    except Exception:  # the job row is the truth; the reaper re-sends it
+        log.warning("could not enqueue job %s; it stays queued", job.id, exc_info=True)
     return job, True
 
 
@@ -77,6 +78,67 @@ def get(session: Session, job_id: str) -> Job:
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound(f"job {job_id} does not exist", code="job_not_found")
+    return job
+
+
+def queue_info(session: Session, settings: Settings, jobs: list[Job]) -> dict[str, dict]:
+    """Why each queued job in `jobs` waits: its place in line and whether workers are alive."""
+    waiting = [j.id for j in jobs if j.status == JobStatus.queued]
+    if not waiting:
+        return {}
+    alive_since = utcnow() - timedelta(seconds=3 * settings.reaper_interval_s)
+    alive = session.scalar(
+        select(func.count()).select_from(Worker).where(Worker.last_seen_at >= alive_since)
+    )
+    out = {}
+    for job_id in waiting:
+        ahead = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.status == JobStatus.queued, Job.id < job_id)
+        )
+        if not alive:
+            reason = "no worker is alive: start one with `finetune worker`"
+        else:
+            reason = f"waiting for a free worker ({ahead} job{'s' if ahead != 1 else ''} ahead)"
+        out[job_id] = {"position": ahead + 1, "workers_alive": alive, "reason": reason}
+    return out
+
+
+def retry(session: Session, settings: Settings, job_id: str) -> Job:
+    """Queue a failed job again; it resumes from its last checkpoint with a fresh attempt budget."""
+    job = get(session, job_id)
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.failed)
+        .values(
+            status=JobStatus.queued,
+            error=None,
+            finished_at=None,
+            released=Job.attempts,
+            cancel_requested=False,
+            enqueued_at=utcnow(),
+        )
+    )
+    if not done.rowcount:
+        session.rollback()
+        raise Conflict(
+            f"job {job_id} is {job.status}; only failed jobs can be retried",
+            code="job_not_retryable",
+        )
+    add_event(
+        session,
+        job_id,
+        "status",
+        "retry requested; queued to resume from the last checkpoint",
+        {"status": "queued"},
+    )
+    session.commit()
+    try:
+        queue.enqueue(settings, job_id)
+    except Exception:
+        log.exception("could not enqueue job %s; the reaper will", job_id)
+    session.refresh(job)
     return job
 
 

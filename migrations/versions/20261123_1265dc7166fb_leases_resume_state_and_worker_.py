@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = '1265dc7166fb'
 down_revision: str | None = 'eff0c4c3f8c6'
 branch_labels: str | Sequence[str] | None = None

@@ -116,3 +116,32 @@ def test_unknown_job_is_404_problem(client: TestClient, path: str) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] in {"job_not_found", "checkpoint_not_found"}
+
+
+def test_queued_job_says_why_it_waits(client: TestClient, dataset: dict) -> None:
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None}).json()
+    queue = client.get(f"/v1/jobs/{job['id']}").json()["queue"]
+    assert queue["position"] >= 1 and queue["workers_alive"] == 0
+    assert "no worker is alive" in queue["reason"]
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert client.get(f"/v1/jobs/{job['id']}").json()["queue"] is None
+
+
+def test_retry_requeues_only_failed_jobs(client: TestClient, dataset: dict, db_session) -> None:  # type: ignore[no-untyped-def]
+    from app.core.models import Job
+
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None}).json()
+    refused = client.post(f"/v1/jobs/{job['id']}/retry")
+    assert refused.status_code == 409 and refused.json()["code"] == "job_not_retryable"
+    row = db_session.get(Job, job["id"])
+    row.status, row.attempts, row.error = (
+        "failed",
+        3,
+        {"code": "max_attempts_exceeded", "message": "x"},
+    )
+    db_session.commit()
+    retried = client.post(f"/v1/jobs/{job['id']}/retry")
+    assert retried.status_code == 202, retried.text
+    body = retried.json()
+    assert body["status"] == "queued" and body["error"] is None and body["attempts"] == 3
+    assert client.post("/v1/jobs/job_nope/retry").status_code == 404

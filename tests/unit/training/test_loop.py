@@ -5,8 +5,8 @@ import torch
 
 from worker.training.backbones import build_model
 from worker.training.loop import FitCallbacks, TrainingCancelled, fit
-from worker.training.trainer import build_schedule, resolve_amp
 from worker.training.spec import TrainSpec
+from worker.training.trainer import build_schedule, resolve_amp
 
 CLASSES = tuple(str(i) for i in range(10))
 

@@ -33,10 +33,20 @@ def _stable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k not in VOLATILE} for m in history]
 
 
-@pytest.mark.parametrize("overrides", [{"augment": True}, {"optimizer": "sgd", "lr_schedule": "step"}])
+@pytest.mark.parametrize(
+    "overrides", [{"augment": True}, {"optimizer": "sgd", "lr_schedule": "step"}]
+)
 def test_resumed_run_matches_uninterrupted(small_data, tmp_path: Path, overrides: dict) -> None:  # type: ignore[no-untyped-def]
-    spec = TrainSpec(backbone="resnet18", classes=tuple(str(i) for i in range(10)), epochs=4,
-                     batch_size=32, image_size=16, learning_rate=2e-3, device="cpu", **overrides)
+    spec = TrainSpec(
+        backbone="resnet18",
+        classes=tuple(str(i) for i in range(10)),
+        epochs=4,
+        batch_size=32,
+        image_size=16,
+        learning_rate=2e-3,
+        device="cpu",
+        **overrides,
+    )
     whole = fit(spec, small_data, Saver(tmp_path / "a"))
     with pytest.raises(KeyboardInterrupt):
         fit(spec, small_data, Saver(tmp_path / "b", stop_after=2))
@@ -50,8 +60,14 @@ def test_resumed_run_matches_uninterrupted(small_data, tmp_path: Path, overrides
 
 
 def test_micro_batches_keep_the_effective_batch(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    spec = TrainSpec(backbone="resnet18", classes=tuple(str(i) for i in range(10)), epochs=1,
-                     batch_size=32, image_size=16, device="cpu")
+    spec = TrainSpec(
+        backbone="resnet18",
+        classes=tuple(str(i) for i in range(10)),
+        epochs=1,
+        batch_size=32,
+        image_size=16,
+        device="cpu",
+    )
     saver = Saver(tmp_path)
     result = fit(spec, small_data, saver, micro_batch=8)
     assert saver.sizes == {8}

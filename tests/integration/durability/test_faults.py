@@ -1,0 +1,172 @@
+"""Kill, pause, flush and cut things under a training job; it must end once, whole and right."""
+
+import os
+import signal
+import time
+
+import pytest
+from sqlalchemy import text
+
+from tests.integration.durability.checks import (
+    assert_clean_history,
+    events,
+    started_attempts,
+    submit,
+    wait_epochs,
+    wait_for,
+)
+from tests.integration.durability.conftest import Cluster
+from tests.support.client import wait_job
+
+pytestmark = pytest.mark.integration
+SLOW = "step_delay=0.15"  # about 1.5 s an epoch: room to strike mid-epoch
+
+
+def _child_pid(cluster: Cluster, job_id: str) -> int:
+    return int(cluster.job_row(job_id).worker_id.rsplit(":", 1)[1])  # type: ignore[union-attr]
+
+
+def test_kill_9_of_the_training_child_resumes_from_last_epoch(cluster: Cluster) -> None:
+    cluster.worker(faults=SLOW)
+    job_id = submit(cluster)
+    wait_epochs(cluster, job_id, 2)
+    os.kill(_child_pid(cluster, job_id), signal.SIGKILL)
+    job = assert_clean_history(cluster, job_id)
+    assert job["attempts"] == 2 and started_attempts(cluster, job_id) == [1, 2]
+
+
+def test_kill_9_of_the_worker_main_process(cluster: Cluster) -> None:
+    first = cluster.worker(faults=SLOW)
+    job_id = submit(cluster)
+    wait_epochs(cluster, job_id, 1)
+    child = _child_pid(cluster, job_id)
+    os.kill(first.pid, signal.SIGKILL)
+    cluster.worker(faults=SLOW)
+    job = assert_clean_history(cluster, job_id)
+    assert job["attempts"] == 2
+    wait_for(
+        lambda: not os.path.exists(f"/proc/{child}") or _zombie(child), what="orphan child exits"
+    )
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_task_outliving_the_visibility_timeout_runs_once(cluster: Cluster) -> None:
+    cluster.worker(faults=SLOW, visibility_timeout_s="1")
+    job_id = submit(cluster)
+    job = assert_clean_history(cluster, job_id)
+    assert job["attempts"] == 1 and started_attempts(cluster, job_id) == [1]
+
+
+def test_paused_worker_past_its_lease_is_fenced_off(cluster: Cluster) -> None:
+    paused = cluster.worker(faults=SLOW)
+    job_id = submit(cluster)
+    wait_epochs(cluster, job_id, 1)
+    os.killpg(paused.pid, signal.SIGSTOP)
+    try:
+        cluster.worker(faults=SLOW)
+        wait_for(
+            lambda: cluster.job_row(job_id).attempts == 2, what="second attempt claims the job"
+        )
+    finally:
+        os.killpg(paused.pid, signal.SIGCONT)  # the stale attempt wakes up and must write nothing
+    job = assert_clean_history(cluster, job_id)
+    assert job["attempts"] == 2
+
+
+def test_redis_flushed_mid_job_and_down_at_submit(cluster: Cluster) -> None:
+    cluster.worker(faults=SLOW)
+    running_id = submit(cluster)
+    wait_epochs(cluster, running_id, 1)
+    waiting_id = submit(cluster)
+    cluster.redis.flushall()  # the waiting job's message is gone
+    assert_clean_history(cluster, running_id)
+    assert_clean_history(cluster, waiting_id)
+
+    cluster.redis.stop()
+    started = time.monotonic()
+    down_id = submit(cluster)  # still 202: the row is the truth
+    assert time.monotonic() - started < 10
+    assert cluster.client.get(f"/v1/jobs/{down_id}").json()["status"] == "queued"
+    cluster.redis.start()
+    job = assert_clean_history(cluster, down_id)
+    assert job["attempts"] == 1
+
+
+def test_postgres_connections_killed_mid_job(cluster: Cluster) -> None:
+    cluster.worker(faults=SLOW)
+    job_id = submit(cluster)
+    wait_epochs(cluster, job_id, 1)
+    for _ in range(3):
+        with cluster.sessions() as session:
+            session.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            session.commit()
+        time.sleep(0.7)
+    assert_clean_history(cluster, job_id)
+
+
+def test_sigterm_hands_the_job_to_another_worker(cluster: Cluster) -> None:
+    leaving = cluster.worker(faults=SLOW)
+    job_id = submit(cluster)
+    wait_epochs(cluster, job_id, 2)
+    leaving.send_signal(signal.SIGTERM)  # like `docker stop`: the main process only
+    leaving.wait(timeout=30)
+    cluster.worker(faults=SLOW)
+    job = assert_clean_history(cluster, job_id)
+    assert job["attempts"] == 2
+    released = [e for e in events(cluster, job_id) if e["data"].get("reason") == "shutdown"]
+    assert len(released) == 1
+
+
+def test_cancel_while_queued_and_while_running(cluster: Cluster) -> None:
+    queued_id = submit(cluster)
+    assert cluster.client.post(f"/v1/jobs/{queued_id}/cancel").json()["status"] == "cancelled"
+    worker = cluster.worker(faults=SLOW)
+    running_id = submit(cluster)
+    wait_epochs(cluster, running_id, 1)
+    assert cluster.client.post(f"/v1/jobs/{running_id}/cancel").status_code == 202
+    assert wait_job(cluster.client, running_id, timeout=10)["status"] == "cancelled"
+    # A cancel that lands while the worker is lost still ends the job, never resumes it.
+    paused_id = submit(cluster)
+    wait_epochs(cluster, paused_id, 1)
+    os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        cluster.client.post(f"/v1/jobs/{paused_id}/cancel")
+        cluster.worker(faults=SLOW)  # its reaper finds the lapsed lease
+        assert wait_job(cluster.client, paused_id, timeout=30)["status"] == "cancelled"
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+    assert cluster.job_row(queued_id).attempts == 0
+    assert cluster.job_row(paused_id).attempts == 1
+    assert cluster.job_row(queued_id).status == "cancelled"
+
+
+def test_a_job_that_always_crashes_fails_after_max_attempts(cluster: Cluster) -> None:
+    cluster.worker(faults="crash_at_step=2")
+    job_id = submit(cluster)
+    job = wait_job(cluster.client, job_id, timeout=90)
+    assert job["status"] == "failed" and job["error"]["code"] == "max_attempts_exceeded"
+    assert job["attempts"] == 3 and started_attempts(cluster, job_id) == [1, 2, 3]
+    retried = cluster.client.post(f"/v1/jobs/{job_id}/retry")
+    assert retried.status_code == 202 and retried.json()["status"] == "queued"
+    cluster.client.post(f"/v1/jobs/{job_id}/cancel")
+
+
+def test_out_of_memory_halves_the_batch_and_succeeds(cluster: Cluster) -> None:
+    cluster.worker(faults="oom_above=8")
+    job_id = submit(cluster, batch_size=16)
+    job = assert_clean_history(cluster, job_id)
+    assert job["attempts"] == 1
+    warnings = [e for e in events(cluster, job_id) if e["type"] == "warning"]
+    assert [w["data"]["micro_batch"] for w in warnings] == [8]
