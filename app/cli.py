@@ -1,4 +1,4 @@
-"""`finetune` command line: up | api | worker | db upgrade.
+"""`finetune` command line: up | api | worker | db upgrade | keys create.
 
 Worker code is imported only inside the `worker` command, so `finetune api` never loads
 torch at start.
@@ -55,6 +55,18 @@ def cmd_db_upgrade(args: argparse.Namespace) -> None:
     print(f"database at {args.revision}")
 
 
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    """Print a new API key once; only its hash is stored."""
+    from app.core.db import session_scope
+    from app.core.keys import create_key
+
+    with session_scope(get_settings().database_url) as session:
+        key, tenant = create_key(session, args.tenant)
+        session.commit()
+    print(key)
+    print(f"tenant {tenant.name} ({tenant.id}); this key is shown only once", file=sys.stderr)
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     """Migrations, one worker process and the API in the foreground; Ctrl-C stops all."""
     from app.core.migrate import upgrade
@@ -96,6 +108,12 @@ def parser() -> argparse.ArgumentParser:
     sp = db.add_parser("upgrade", help="apply Alembic migrations")
     sp.add_argument("revision", nargs="?", default="head")
     sp.set_defaults(func=cmd_db_upgrade)
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    sp = keys.add_parser("create", help="create a key for a tenant (created if new)")
+    sp.add_argument("--tenant", required=True)
+    sp.set_defaults(func=cmd_keys_create)
     return p
 
 

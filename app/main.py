@@ -7,7 +7,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from app.api import health, problems
+from app.api import health, openapi, problems
+from app.api.limits import BodySizeLimit
+from app.api.ratelimit import create_limiter
 from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.reaper import reap
@@ -40,7 +42,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved.work_dir.mkdir(parents=True, exist_ok=True)
-        app.state.model_cache = ModelCache(resolved.model_cache_size, resolved.device)
         await run_in_threadpool(_reap_once, resolved)
         yield
 
@@ -51,9 +52,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         responses={500: {"model": problems.Problem, "description": "Internal error"}},
     )
+    # Built here, not in the lifespan: clients that skip lifespan events still get them.
+    app.state.model_cache = ModelCache(resolved.model_cache_size, resolved.device)
+    app.state.rate_limiter = create_limiter(resolved)
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     problems.install(app)
+    openapi.install(app)
+    # The dependency override (tests) decides the limits too, so read settings through it.
+    app.add_middleware(
+        BodySizeLimit, settings=lambda: app.dependency_overrides.get(get_settings, get_settings)()
+    )
     for router in (health.router, datasets_router, jobs_router, models_router):
         app.include_router(router)
     logging.getLogger("app").setLevel(logging.INFO)

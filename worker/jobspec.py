@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.core import registry
 from app.core.config import Settings
 from app.core.models import Dataset, Job, Model
-from app.core.storage import LocalStorage
+from app.core.storage import LocalStorage, sha256_file
 from worker.training.data import ImageSet, TrainData, cached_images, stratified_split
 from worker.training.spec import InitWeights, TrainSpec
 
@@ -52,8 +52,10 @@ def _init_weights(
         model = session.get(Model, weights["model_id"])
         if model is None:
             raise JobFailure("model_not_found", f"model {weights['model_id']} no longer exists")
-        path = str(storage.path(model.storage_key))
-        return InitWeights(source="file", path=path, keep_head=model.classes == classes)
+        path = storage.path(model.storage_key)
+        if sha256_file(path) != model.sha256:  # only files this service wrote, unaltered
+            raise JobFailure("weights_corrupt", f"the weights file of model {model.id} was altered")
+        return InitWeights(source="file", path=str(path), keep_head=model.classes == classes)
     resolved = registry.resolve_weights(spec["backbone"], weights)
     if not resolved.present:
         raise JobFailure(

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core.events import add_event
+from app.core.events import add_event, job_tenant
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Job
 from app.core.storage import LocalStorage, sha256_file
@@ -131,6 +131,7 @@ class DatabaseReporter(FitCallbacks):
             "sha256": sha256_file(path),
             "storage_key": key,
             "resume_key": resume_key,
+            "tenant_id": job_tenant(self.job_id),
         }
         progress = {
             "epoch": epoch,

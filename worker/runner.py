@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,7 +19,7 @@ from app.core.config import Settings
 from app.core.db import get_sessionmaker
 from app.core.events import add_event
 from app.core.ids import new_id
-from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, utcnow
+from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, Tenant, utcnow
 from app.core.storage import LocalStorage, get_storage
 from worker.faults import Faults
 from worker.jobspec import JobFailure, build_spec, load_data
@@ -33,25 +33,41 @@ from worker.training.spec import TrainSpec
 log = logging.getLogger(__name__)
 
 
-def claim(session: Session, job_id: str, lease_s: float) -> int | None:
-    """queued → running in one row-locked conditional UPDATE; the attempt number, or None."""
-    locked = session.scalar(
-        select(Job.attempts)
+def claim(session: Session, settings: Settings, job_id: str) -> int | None:
+    """queued → running in one row-locked conditional UPDATE; the attempt number, or None.
+
+    None also when the job's tenant already runs its maximum of jobs: the job stays queued
+    and the reaper sends it again later.
+    """
+    row = session.execute(
+        select(Job.attempts, Job.tenant_id)
         .where(Job.id == job_id, Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
         .with_for_update(skip_locked=True)
-    )
-    if locked is None:
+    ).first()
+    if row is None:
         session.rollback()
         return None
-    attempt = locked + 1
+    attempts, tenant = row
+    # Serialise claims per tenant (Postgres row lock; SQLite has one writer anyway).
+    session.execute(select(Tenant.id).where(Tenant.id == tenant).with_for_update())
+    running = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant, Job.status == JobStatus.running)
+    )
+    if running >= settings.max_running_jobs_per_tenant:
+        session.rollback()
+        log.info("job %s waits: tenant %s runs %d jobs already", job_id, tenant, running)
+        return None
+    attempt = attempts + 1
     session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued, Job.attempts == locked)
+        .where(Job.id == job_id, Job.status == JobStatus.queued, Job.attempts == attempts)
         .values(
             status=JobStatus.running,
             attempts=attempt,
             started_at=utcnow(),
-            lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+            lease_expires_at=utcnow() + timedelta(seconds=settings.lease_s),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
         )
     )
@@ -159,6 +175,7 @@ def _record_success(
             )
             model = Model(
                 id=new_id("mdl"),
+                tenant_id=best.tenant_id,
                 job_id=lease.job_id,
                 checkpoint_id=best.id,
                 backbone=spec.backbone,
@@ -286,7 +303,7 @@ def run_job(settings: Settings, job_id: str) -> None:
     sessions: sessionmaker[Session] = get_sessionmaker(settings.database_url)
     storage = get_storage(settings.storage_url)
     with sessions() as session:
-        attempt = claim(session, job_id, settings.lease_s)
+        attempt = claim(session, settings, job_id)
     if attempt is None:
         log.info("job %s is not queued (or cancelled); nothing to do", job_id)
         return

@@ -30,6 +30,19 @@ class Settings(BaseSettings):
     max_predict_files: int = Field(64, ge=1)
     decode_threads: int = Field(4, ge=1, description="Threads that decode dataset images.")
 
+    max_upload_bytes: int = Field(
+        10 * 2**30, ge=1, description="Largest dataset upload (413 above)."
+    )
+    max_predict_bytes: int = Field(64 * 2**20, ge=1, description="Largest predict request.")
+    max_json_bytes: int = Field(2**20, ge=1, description="Largest body of any other request.")
+    max_archive_members: int = Field(100_000, ge=1)
+    max_extracted_bytes: int = Field(20 * 2**30, ge=1, description="Uncompressed total (bombs).")
+    max_compression_ratio: float = Field(200.0, gt=1, description="Per zip member (bombs).")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Per image (decompression bombs).")
+    rate_limit_uploads: str = Field("20/minute", description="Per tenant (`limits` notation).")
+    rate_limit_jobs: str = Field("120/minute", description="Per tenant (`limits` notation).")
+    max_running_jobs_per_tenant: int = Field(2, ge=1, description="Others wait queued.")
+
     lease_s: float = Field(
         30.0, gt=0, description="A running attempt's lease; renewed every third."
     )

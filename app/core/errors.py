@@ -24,6 +24,22 @@ class AppError(Exception):
         self.errors = errors
 
 
+class Unauthorized(AppError):
+    status = 401
+    title = "Unauthorized"
+    code = "unauthorized"
+
+
+class TooManyRequests(AppError):
+    status = 429
+    title = "Too many requests"
+    code = "rate_limited"
+
+    def __init__(self, detail: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after = retry_after
+
+
 class NotFound(AppError):
     status = 404
     title = "Not found"

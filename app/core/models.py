@@ -60,10 +60,41 @@ TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.
 ACTIVE_STATUSES = frozenset({JobStatus.queued, JobStatus.running})
 
 
+LOCAL_TENANT = "tn_local"  # the one implicit tenant when FINETUNE_AUTH_REQUIRED is false
+
+
+class Tenant(Base):
+    __tablename__ = "tenant"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored only as the SHA-256 of the whole key (keys are 256-bit random)."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+def tenant_column() -> Mapped[str]:
+    # No default: a row written without its tenant must fail, never land in another's.
+    return mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+
+
 class Dataset(Base):
     __tablename__ = "dataset"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = tenant_column()
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     num_images: Mapped[int] = mapped_column(Integer)
@@ -73,6 +104,7 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    report: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict, server_default="{}")
     storage_key: Mapped[str] = mapped_column(String(200))
 
 
@@ -84,9 +116,11 @@ class Job(Base):
             name="status",
         ),
         Index("ix_job_status_id", "status", "id"),
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_job_tenant_id_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = tenant_column()
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     # SET NULL: deleting a dataset keeps the history and models of its finished jobs.
     dataset_id: Mapped[str | None] = mapped_column(
@@ -108,7 +142,7 @@ class Job(Base):
     model_id: Mapped[str | None] = mapped_column(String(40))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker_id: Mapped[str | None] = mapped_column(String(200))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
@@ -117,6 +151,7 @@ class JobEvent(Base):
     __table_args__ = (Index("ix_job_event_job_id_id", "job_id", "id"),)
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = tenant_column()
     job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     type: Mapped[str] = mapped_column(String(16))
@@ -129,6 +164,7 @@ class Checkpoint(Base):
     __table_args__ = (UniqueConstraint("job_id", "epoch", name="uq_checkpoint_job_id_epoch"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = tenant_column()
     job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), index=True)
     epoch: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -144,6 +180,7 @@ class Model(Base):
     __tablename__ = "model"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = tenant_column()
     job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), unique=True)
     checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoint.id", ondelete="CASCADE"))
     backbone: Mapped[str] = mapped_column(String(100))

@@ -4,9 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.pagination import AfterQuery, LimitQuery, page_of
 from app.api.problems import problems
+from app.api.ratelimit import UploadLimit
 from app.datasets import service
 from app.datasets.schemas import DatasetPage, DatasetRead
 
@@ -17,7 +18,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
-    responses=problems(413),
+    responses=problems(401, 413, 429),
     summary="Upload a dataset archive",
     description=(
         "A `.zip`, `.tar` or `.tar.gz` in ImageFolder form (`<class>/<image>`) or with split "
@@ -31,25 +32,29 @@ def upload_dataset(
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
+    tenant: TenantDep,
+    _: UploadLimit,
     file: Annotated[UploadFile, File(description="The archive.")],
     name: Annotated[
         str | None, Form(description="Display name; defaults to the file name.")
     ] = None,
 ) -> DatasetRead:
-    row = service.create(session, settings, storage, file.file, file.filename, name)
+    row = service.create(session, settings, storage, tenant, file.file, file.filename, name)
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return DatasetRead.model_validate(row)
 
 
 @router.get("", response_model=DatasetPage, summary="List datasets, newest first")
-def list_datasets(session: SessionDep, limit: LimitQuery = 20, after: AfterQuery = None) -> dict:
-    rows = service.list_(session, limit, after)
+def list_datasets(
+    session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
+) -> dict:
+    rows = service.list_(session, tenant, limit, after)
     return page_of(rows, limit, DatasetRead.model_validate)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=problems(404))
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetRead:
-    return DatasetRead.model_validate(service.get(session, dataset_id))
+def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetRead:
+    return DatasetRead.model_validate(service.get(session, tenant, dataset_id))
 
 
 @router.delete(
@@ -58,6 +63,8 @@ def get_dataset(dataset_id: str, session: SessionDep) -> DatasetRead:
     responses=problems(404, 409),
     summary="Delete a dataset (409 while a queued or running job uses it)",
 )
-def delete_dataset(dataset_id: str, session: SessionDep, storage: StorageDep) -> Response:
-    service.delete(session, storage, dataset_id)
+def delete_dataset(
+    dataset_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
+) -> Response:
+    service.delete(session, storage, tenant, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -14,7 +14,7 @@ from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
 from app.core.models import ACTIVE_STATUSES, Dataset, Job
 from app.core.storage import LocalStorage
-from app.datasets.archive import extract_dataset
+from app.datasets.archive import Limits, extract_dataset
 
 CHUNK = 1 << 20
 
@@ -30,6 +30,15 @@ def _stage_upload(src: BinaryIO, dest: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def archive_limits(settings: Settings) -> Limits:
+    return Limits(
+        max_members=settings.max_archive_members,
+        max_total_bytes=settings.max_extracted_bytes,
+        max_ratio=settings.max_compression_ratio,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
 def _display_name(name: str | None, filename: str | None) -> str:
     if name and name.strip():
         return name.strip()[:200]
@@ -43,6 +52,7 @@ def create(
     session: Session,
     settings: Settings,
     storage: LocalStorage,
+    tenant: str,
     upload: BinaryIO,
     filename: str | None,
     name: str | None,
@@ -55,10 +65,11 @@ def create(
     try:
         archive = staging / "upload"
         size, sha256 = _stage_upload(upload, archive)
-        report = extract_dataset(archive, staging / "dataset")
+        report = extract_dataset(archive, staging / "dataset", archive_limits(settings))
         storage.put_dir(staging / "dataset", key)
         row = Dataset(
             id=dataset_id,
+            tenant_id=tenant,
             name=_display_name(name, filename),
             num_images=len(report.entries),
             classes=report.classes,
@@ -81,21 +92,24 @@ def create(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def get(session: Session, dataset_id: str) -> Dataset:
-    row = session.get(Dataset, dataset_id)
+def get(session: Session, tenant: str, dataset_id: str) -> Dataset:
+    """The tenant's dataset; another tenant's answers exactly as a missing one."""
+    row = session.scalar(
+        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant)
+    )
     if row is None:
         raise NotFound(f"dataset {dataset_id} does not exist", code="dataset_not_found")
     return row
 
 
-def list_(session: Session, limit: int, after: str | None) -> list[Dataset]:
-    stmt = paginate(select(Dataset), Dataset.id, limit, after)
+def list_(session: Session, tenant: str, limit: int, after: str | None) -> list[Dataset]:
+    stmt = paginate(select(Dataset).where(Dataset.tenant_id == tenant), Dataset.id, limit, after)
     return list(session.scalars(stmt))
 
 
-def delete(session: Session, storage: LocalStorage, dataset_id: str) -> None:
+def delete(session: Session, storage: LocalStorage, tenant: str, dataset_id: str) -> None:
     """Delete a dataset no queued or running job needs; finished jobs keep their models."""
-    row = get(session, dataset_id)
+    row = get(session, tenant, dataset_id)
     busy = session.scalar(
         select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES)))
     )

@@ -4,10 +4,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.files import weights_file_response
 from app.api.pagination import AfterQuery, LimitQuery, page_of
 from app.api.problems import problems
+from app.api.ratelimit import JobLimit
 from app.jobs import service
 from app.jobs.schemas import (
     CheckpointPage,
@@ -42,11 +43,13 @@ def create_job(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    tenant: TenantDep,
+    _: JobLimit,
     idempotency_key: Annotated[
         str | None, Header(max_length=200, description="Same key + same body → the same job.")
     ] = None,
 ) -> JobRead:
-    job, created = service.create(session, settings, spec, idempotency_key)
+    job, created = service.create(session, settings, tenant, spec, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -67,6 +70,7 @@ def _read(session: SessionDep, settings: SettingsDep, jobs: list) -> list[JobRea
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
+    tenant: TenantDep,
     status_: Annotated[
         str | None,
         Query(alias="status", pattern="^(queued|running|succeeded|failed|cancelled)$"),
@@ -74,15 +78,15 @@ def list_jobs(
     limit: LimitQuery = 20,
     after: AfterQuery = None,
 ) -> dict:
-    rows = service.list_(session, status_, limit, after)
+    rows = service.list_(session, tenant, status_, limit, after)
     page = page_of(rows, limit, lambda job: job)
     page["data"] = _read(session, settings, page["data"])
     return page
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=problems(404))
-def get_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
-    return _read(session, settings, [service.get(session, job_id)])[0]
+def get_job(job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep) -> JobRead:
+    return _read(session, settings, [service.get(session, tenant, job_id)])[0]
 
 
 @router.post(
@@ -92,8 +96,10 @@ def get_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
     responses=problems(404, 409),
     summary="Cancel a job: queued ones at once, running ones within seconds",
 )
-def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
-    return _read(session, settings, [service.cancel(session, job_id)])[0]
+def cancel_job(
+    job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
+) -> JobRead:
+    return _read(session, settings, [service.cancel(session, tenant, job_id)])[0]
 
 
 @router.post(
@@ -103,8 +109,10 @@ def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRe
     responses=problems(404, 409),
     summary="Re-queue a failed job; it resumes from its last checkpoint",
 )
-def retry_job(job_id: str, session: SessionDep, settings: SettingsDep) -> JobRead:
-    return _read(session, settings, [service.retry(session, settings, job_id)])[0]
+def retry_job(
+    job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
+) -> JobRead:
+    return _read(session, settings, [service.retry(session, settings, tenant, job_id)])[0]
 
 
 def _event(row) -> EventRead:  # type: ignore[no-untyped-def]
@@ -122,10 +130,11 @@ def _event(row) -> EventRead:  # type: ignore[no-untyped-def]
 def list_events(
     job_id: str,
     session: SessionDep,
+    tenant: TenantDep,
     after: Annotated[int | None, Query(ge=0, description="Last event id already seen.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict:
-    rows = service.events(session, job_id, after, limit)
+    rows = service.events(session, tenant, job_id, after, limit)
     has_more = len(rows) > limit
     rows = rows[:limit]
     return {
@@ -136,8 +145,8 @@ def list_events(
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointPage, responses=problems(404))
-def list_checkpoints(job_id: str, session: SessionDep) -> dict:
-    rows = service.checkpoints(session, job_id)
+def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> dict:
+    rows = service.checkpoints(session, tenant, job_id)
     return page_of(rows, len(rows) or 1, CheckpointRead.model_validate)
 
 
@@ -148,8 +157,13 @@ def list_checkpoints(job_id: str, session: SessionDep) -> dict:
     summary="Download a checkpoint's weights file (ETag = sha256)",
 )
 def download_checkpoint(
-    job_id: str, checkpoint_id: str, request: Request, session: SessionDep, storage: StorageDep
+    job_id: str,
+    checkpoint_id: str,
+    request: Request,
+    session: SessionDep,
+    storage: StorageDep,
+    tenant: TenantDep,
 ) -> Response:
-    row = service.checkpoint(session, job_id, checkpoint_id)
+    row = service.checkpoint(session, tenant, job_id, checkpoint_id)
     name = f"{job_id}-epoch{row.epoch}.safetensors"
     return weights_file_response(request, storage, row.storage_key, row.sha256, name)

@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -28,8 +29,8 @@ def _request_hash(spec: JobCreate) -> str:
     ).hexdigest()
 
 
-def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
-    job = session.scalar(select(Job).where(Job.idempotency_key == key))
+def _by_idempotency_key(session: Session, tenant: str, key: str, digest: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant, Job.idempotency_key == key))
     if job is not None and job.request_hash != digest:
         raise Invalid(
             "this Idempotency-Key was used with a different request body",
@@ -39,15 +40,16 @@ def _by_idempotency_key(session: Session, key: str, digest: str) -> Job | None:
 
 
 def create(
-    session: Session, settings: Settings, spec: JobCreate, idempotency_key: str | None
+    session: Session, settings: Settings, tenant: str, spec: JobCreate, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Record a queued job, commit, then enqueue. Returns (job, created)."""
     digest = _request_hash(spec)
-    if idempotency_key and (job := _by_idempotency_key(session, idempotency_key, digest)):
+    if idempotency_key and (job := _by_idempotency_key(session, tenant, idempotency_key, digest)):
         return job, False
-    check_spec(session, spec)
+    check_spec(session, tenant, spec)
     job = Job(
         id=new_id("job"),
+        tenant_id=tenant,
         status=JobStatus.queued,
         dataset_id=spec.dataset_id,
         spec=spec.model_dump(mode="json"),
@@ -64,7 +66,8 @@ def create(
     except IntegrityError:
         # Another request with the same Idempotency-Key won the race.
         session.rollback()
-        if idempotency_key and (existing := _by_idempotency_key(session, idempotency_key, digest)):
+        existing = idempotency_key and _by_idempotency_key(session, tenant, idempotency_key, digest)
+        if existing:
             return existing, False
         raise
     try:
@@ -74,40 +77,45 @@ def create(
     return job, True
 
 
-def get(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def get(session: Session, tenant: str, job_id: str) -> Job:
+    """The tenant's job; another tenant's answers exactly as a missing one."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant))
     if job is None:
         raise NotFound(f"job {job_id} does not exist", code="job_not_found")
     return job
 
 
+def _count(session: Session, *where: Any) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+
+
 def queue_info(session: Session, settings: Settings, jobs: list[Job]) -> dict[str, dict]:
-    """Why each queued job in `jobs` waits: its place in line and whether workers are alive."""
-    waiting = [j.id for j in jobs if j.status == JobStatus.queued]
+    """Why each queued job in `jobs` waits: its place in line, live workers, its tenant's cap."""
+    waiting = [j for j in jobs if j.status == JobStatus.queued]
     if not waiting:
         return {}
     alive_since = utcnow() - timedelta(seconds=3 * settings.reaper_interval_s)
     alive = session.scalar(
         select(func.count()).select_from(Worker).where(Worker.last_seen_at >= alive_since)
     )
+    cap = settings.max_running_jobs_per_tenant
     out = {}
-    for job_id in waiting:
-        ahead = session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.status == JobStatus.queued, Job.id < job_id)
-        )
+    for job in waiting:
+        ahead = _count(session, Job.status == JobStatus.queued, Job.id < job.id)
+        running = _count(session, Job.tenant_id == job.tenant_id, Job.status == JobStatus.running)
         if not alive:
             reason = "no worker is alive: start one with `finetune worker`"
+        elif running >= cap:
+            reason = f"this tenant already runs {running} jobs, its limit is {cap}"
         else:
             reason = f"waiting for a free worker ({ahead} job{'s' if ahead != 1 else ''} ahead)"
-        out[job_id] = {"position": ahead + 1, "workers_alive": alive, "reason": reason}
+        out[job.id] = {"position": ahead + 1, "workers_alive": alive, "reason": reason}
     return out
 
 
-def retry(session: Session, settings: Settings, job_id: str) -> Job:
+def retry(session: Session, settings: Settings, tenant: str, job_id: str) -> Job:
     """Queue a failed job again; it resumes from its last checkpoint with a fresh attempt budget."""
-    job = get(session, job_id)
+    job = get(session, tenant, job_id)
     done = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.failed)
@@ -142,16 +150,18 @@ def retry(session: Session, settings: Settings, job_id: str) -> Job:
     return job
 
 
-def list_(session: Session, status: str | None, limit: int, after: str | None) -> list[Job]:
-    stmt = select(Job)
+def list_(
+    session: Session, tenant: str, status: str | None, limit: int, after: str | None
+) -> list[Job]:
+    stmt = select(Job).where(Job.tenant_id == tenant)
     if status:
         stmt = stmt.where(Job.status == status)
     return list(session.scalars(paginate(stmt, Job.id, limit, after)))
 
 
-def cancel(session: Session, job_id: str) -> Job:
+def cancel(session: Session, tenant: str, job_id: str) -> Job:
     """Queued jobs end now; running ones get a flag their training loop polls."""
-    job = get(session, job_id)
+    job = get(session, tenant, job_id)
     done = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued)
@@ -174,23 +184,25 @@ def cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def events(session: Session, job_id: str, after: int | None, limit: int) -> list[JobEvent]:
+def events(
+    session: Session, tenant: str, job_id: str, after: int | None, limit: int
+) -> list[JobEvent]:
     """Oldest first, strictly after event id `after`; one extra row tells `has_more`."""
-    get(session, job_id)
+    get(session, tenant, job_id)
     stmt = select(JobEvent).where(JobEvent.job_id == job_id)
     if after is not None:
         stmt = stmt.where(JobEvent.id > after)
     return list(session.scalars(stmt.order_by(JobEvent.id).limit(limit + 1)))
 
 
-def checkpoints(session: Session, job_id: str) -> list[Checkpoint]:
-    get(session, job_id)
+def checkpoints(session: Session, tenant: str, job_id: str) -> list[Checkpoint]:
+    get(session, tenant, job_id)
     stmt = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.epoch)
     return list(session.scalars(stmt))
 
 
-def checkpoint(session: Session, job_id: str, checkpoint_id: str) -> Checkpoint:
+def checkpoint(session: Session, tenant: str, job_id: str, checkpoint_id: str) -> Checkpoint:
     row = session.get(Checkpoint, checkpoint_id)
-    if row is None or row.job_id != job_id:
+    if row is None or row.job_id != job_id or row.tenant_id != tenant:
         raise NotFound(f"checkpoint {checkpoint_id} does not exist", code="checkpoint_not_found")
     return row

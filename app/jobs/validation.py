@@ -1,5 +1,6 @@
 """Checks of a job spec that need the database or torchvision's registry."""
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core import registry
@@ -12,9 +13,11 @@ def _invalid(field: str, message: str, code: str) -> Invalid:
     return Invalid(message, code=code, errors=[field_error(f"body.{field}", message)])
 
 
-def check_spec(session: Session, spec: JobCreate) -> Dataset:
+def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
     """Raise a 422 naming the field for anything the worker could not run; return the dataset."""
-    dataset = session.get(Dataset, spec.dataset_id)
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.id == spec.dataset_id, Dataset.tenant_id == tenant)
+    )
     if dataset is None:
         raise _invalid(
             "dataset_id", f"dataset {spec.dataset_id} does not exist", "dataset_not_found"
@@ -26,7 +29,9 @@ def check_spec(session: Session, spec: JobCreate) -> Dataset:
             "backbone_unknown",
         )
     if isinstance(spec.weights, ModelRef):
-        model = session.get(Model, spec.weights.model_id)
+        model = session.scalar(
+            select(Model).where(Model.id == spec.weights.model_id, Model.tenant_id == tenant)
+        )
         if model is None:
             raise _invalid(
                 "weights.model_id",

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.files import weights_file_response
 from app.api.pagination import AfterQuery, LimitQuery, page_of
 from app.api.problems import problems
@@ -25,13 +25,15 @@ ModelCacheDep = Annotated[inference.ModelCache, Depends(model_cache)]
 
 
 @router.get("/v1/models", response_model=ModelPage, summary="List models, newest first")
-def list_models(session: SessionDep, limit: LimitQuery = 20, after: AfterQuery = None) -> dict:
-    return page_of(service.list_(session, limit, after), limit, ModelRead.model_validate)
+def list_models(
+    session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
+) -> dict:
+    return page_of(service.list_(session, tenant, limit, after), limit, ModelRead.model_validate)
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelRead, responses=problems(404))
-def get_model(model_id: str, session: SessionDep) -> ModelRead:
-    return ModelRead.model_validate(service.get(session, model_id))
+def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelRead:
+    return ModelRead.model_validate(service.get(session, tenant, model_id))
 
 
 @router.get(
@@ -47,9 +49,9 @@ def get_model(model_id: str, session: SessionDep) -> ModelRead:
     summary="Download the model's weights file (ETag = sha256)",
 )
 def download_model(
-    model_id: str, request: Request, session: SessionDep, storage: StorageDep
+    model_id: str, request: Request, session: SessionDep, storage: StorageDep, tenant: TenantDep
 ) -> Response:
-    row = service.get(session, model_id)
+    row = service.get(session, tenant, model_id)
     return weights_file_response(
         request, storage, row.storage_key, row.sha256, f"{row.id}.safetensors"
     )
@@ -67,6 +69,7 @@ async def predict(
     storage: StorageDep,
     settings: SettingsDep,
     cache: ModelCacheDep,
+    tenant: TenantDep,
     files: Annotated[list[UploadFile], File(description="One or more images.")],
     top_k: Annotated[int, Query(ge=1, le=1000, description="Capped at the class count.")] = 5,
 ) -> PredictResponse:
@@ -78,7 +81,7 @@ async def predict(
         )
     payload = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
     predictions = await run_in_threadpool(
-        service.predict, session, storage, cache, model_id, payload, top_k
+        service.predict, session, storage, cache, tenant, model_id, payload, top_k
     )
     return PredictResponse(model_id=model_id, predictions=predictions)
 
@@ -89,5 +92,5 @@ async def predict(
     tags=["backbones"],
     summary="Backbones and weights this install can use, and which weight files are present",
 )
-def list_backbones() -> dict:
+def list_backbones(_: TenantDep) -> dict:
     return {"data": registry.describe_backbones(), "has_more": False, "next_cursor": None}

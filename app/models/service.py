@@ -10,27 +10,30 @@ from app.core.storage import LocalStorage
 from app.models import inference
 
 
-def get(session: Session, model_id: str) -> Model:
-    row = session.get(Model, model_id)
+def get(session: Session, tenant: str, model_id: str) -> Model:
+    """The tenant's model; another tenant's answers exactly as a missing one."""
+    row = session.scalar(select(Model).where(Model.id == model_id, Model.tenant_id == tenant))
     if row is None:
         raise NotFound(f"model {model_id} does not exist", code="model_not_found")
     return row
 
 
-def list_(session: Session, limit: int, after: str | None) -> list[Model]:
-    return list(session.scalars(paginate(select(Model), Model.id, limit, after)))
+def list_(session: Session, tenant: str, limit: int, after: str | None) -> list[Model]:
+    stmt = select(Model).where(Model.tenant_id == tenant)
+    return list(session.scalars(paginate(stmt, Model.id, limit, after)))
 
 
 def predict(
     session: Session,
     storage: LocalStorage,
     cache: inference.ModelCache,
+    tenant: str,
     model_id: str,
     files: list[tuple[str, bytes]],
     top_k: int,
 ) -> list[dict]:
     """Top-k predictions for each (filename, bytes); every unreadable file is named in the 422."""
-    row = get(session, model_id)
+    row = get(session, tenant, model_id)
     loaded = cache.get(row.id, storage.path(row.storage_key), row.sha256)
     images, errors = [], []
     for name, data in files:

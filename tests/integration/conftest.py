@@ -8,10 +8,28 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from sqlalchemy.orm import Session
 from torchvision import models
 
+from app.core.db import get_engine
 from tests.support.images import digit_members, write_zip
 from tests.support.processes import free_port, running, service_env, wait_http, wait_log
+
+
+@pytest.fixture
+def db_session(pg_url: str) -> Iterator[Session]:
+    """Everything a test writes, commits included (as savepoints), is rolled back."""
+    connection = get_engine(pg_url).connect()
+    outer = connection.begin()
+    session = Session(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+    try:
+        yield session
+    finally:
+        session.close()
+        outer.rollback()
+        connection.close()
 
 
 @dataclass

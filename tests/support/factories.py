@@ -4,7 +4,7 @@ from sqlalchemy.orm import Session
 from torchvision import models
 
 from app.core.ids import new_id
-from app.core.models import Checkpoint, Job, JobStatus, Model, utcnow
+from app.core.models import LOCAL_TENANT, Checkpoint, Job, JobStatus, Model, utcnow
 from app.core.storage import LocalStorage, sha256_file
 from worker.training.checkpoint import save_weights, weights_metadata
 from worker.training.spec import TrainSpec
@@ -16,11 +16,13 @@ def make_model(
     dataset: dict,
     backbone: str = "resnet18",
     image_size: int = 16,
+    tenant: str = LOCAL_TENANT,
 ) -> Model:
     """A succeeded job with one checkpoint and its model (random weights, real file)."""
     spec = TrainSpec(backbone=backbone, classes=tuple(dataset["classes"]), image_size=image_size)
     job = Job(
         id=new_id("job"),
+        tenant_id=tenant,
         status=JobStatus.succeeded,
         dataset_id=dataset["id"],
         spec={"dataset_id": dataset["id"], "backbone": backbone},
@@ -38,6 +40,7 @@ def make_model(
     path = storage.path(key)
     ckpt = Checkpoint(
         id=new_id("ckpt"),
+        tenant_id=tenant,
         job_id=job.id,
         epoch=1,
         metrics={"val_accuracy": 0.5},
@@ -47,6 +50,7 @@ def make_model(
     )
     model = Model(
         id=new_id("mdl"),
+        tenant_id=tenant,
         job_id=job.id,
         checkpoint_id=ckpt.id,
         backbone=backbone,

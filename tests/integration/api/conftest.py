@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import get_session
 from app.core.config import Settings
-from app.core.db import get_engine
 from app.main import create_app
 from tests.support.images import digit_members, write_zip
 
@@ -17,22 +16,6 @@ from tests.support.images import digit_members, write_zip
 @pytest.fixture
 def settings(tmp_path: Path, pg_url: str) -> Settings:
     return Settings(data_dir=tmp_path / "var", database_url=pg_url)
-
-
-@pytest.fixture
-def db_session(pg_url: str) -> Iterator[Session]:
-    """Everything a test writes, commits included (as savepoints), is rolled back."""
-    connection = get_engine(pg_url).connect()
-    outer = connection.begin()
-    session = Session(
-        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
-    )
-    try:
-        yield session
-    finally:
-        session.close()
-        outer.rollback()
-        connection.close()
 
 
 @pytest.fixture

@@ -1,0 +1,47 @@
+"""Per-tenant rate limits (the `limits` library, moving window).
+
+The counters live in Redis when the broker is Redis, so every API process shares them;
+with the embedded broker (one host) they live in process memory.
+"""
+
+import math
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from app.api.deps import SettingsDep, TenantDep
+from app.core.config import Settings
+from app.core.errors import TooManyRequests
+
+
+def create_limiter(settings: Settings) -> MovingWindowRateLimiter:
+    """The app's limiter (made at startup): Redis-backed when the broker is Redis."""
+    uri = "memory://" if settings.embedded_broker else settings.broker_url
+    return MovingWindowRateLimiter(storage_from_string(uri))
+
+
+def check(limiter: MovingWindowRateLimiter, tenant: str, action: str, rule: str) -> None:
+    """Count one `action` for `tenant`; 429 with Retry-After when over `rule`."""
+    item = parse(rule)
+    if not limiter.hit(item, action, tenant):
+        reset = limiter.get_window_stats(item, action, tenant).reset_time
+        retry_after = max(1, math.ceil(reset - time.time()))
+        raise TooManyRequests(
+            f"too many {action} for this tenant: at most {rule}", retry_after=retry_after
+        )
+
+
+def limit_uploads(request: Request, settings: SettingsDep, tenant: TenantDep) -> None:
+    check(request.app.state.rate_limiter, tenant, "uploads", settings.rate_limit_uploads)
+
+
+def limit_jobs(request: Request, settings: SettingsDep, tenant: TenantDep) -> None:
+    check(request.app.state.rate_limiter, tenant, "job submissions", settings.rate_limit_jobs)
+
+
+UploadLimit = Annotated[None, Depends(limit_uploads)]
+JobLimit = Annotated[None, Depends(limit_jobs)]
