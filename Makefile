@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint unit integration clean
+.PHONY: install run test lint unit integration audit clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ integration: install
 lint: install
 	$(VENV)/bin/ruff check app worker migrations tests
 	$(VENV)/bin/ruff format --check app worker migrations tests
+
+# Needs the vulnerability database (PyPI's per-release JSON or OSV) reachable.
+audit: install
+	$(VENV)/bin/pip freeze --exclude-editable > $(VENV)/requirements.lock
+	$(VENV)/bin/pip-audit --requirement $(VENV)/requirements.lock --no-deps --disable-pip
 
 clean:
 	rm -rf var .pytest_cache
