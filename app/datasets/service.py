@@ -78,6 +78,7 @@ def create(
             size_bytes=size,
             sha256=sha256,
             warnings=report.warnings,
+            report=report.report,
             storage_key=key,
         )
         session.add(row)

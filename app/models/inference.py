@@ -2,7 +2,8 @@
 
 torch is imported inside functions so the API process pays for it only when a model is
 first used. Weights are read only from safetensors files this service wrote, after their
-SHA-256 matched the stored one; nothing is unpickled.
+SHA-256 matched the stored one; nothing is unpickled. Uploads are decoded by
+`worker.training.imaging.decode_image`, the very function training used (PIL + numpy only).
 """
 
 import io
@@ -14,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from app.core.errors import Invalid, field_error
 from app.core.storage import sha256_file
+
+# The deliberate exception to "app never imports worker": see that module's docstring.
+from worker.training.imaging import decode_image
 
 
 @dataclass
@@ -80,25 +84,27 @@ class ModelCache:
             return loaded
 
 
-def decode(data: bytes, filename: str, size: int) -> np.ndarray:
-    """One upload as uint8 (3, size, size), exactly as training decoded it; 422 if unreadable."""
+def decode(data: bytes, filename: str, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """One upload as uint8 (3, size, size), exactly as training decoded it; 422 if unreadable.
+
+    Images over `max_pixels` (default: Pillow's MAX_IMAGE_PIXELS) are refused unread.
+    """
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img = (
-                img.convert("RGBA").convert("RGB") if "A" in img.getbands() else img.convert("RGB")
-            )
-            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise Invalid(
-            f"{filename} is not a readable image",
-            code="image_invalid",
-            errors=[
-                field_error("files", f"not a readable image ({type(exc).__name__})", file=filename)
-            ],
-        ) from None
+        return decode_image(io.BytesIO(data), size, max_pixels=limit)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        reason = f"image has more than the {limit} pixels allowed"
+    except UnidentifiedImageError:
+        reason = "not a readable JPEG, PNG, BMP, GIF, WebP or TIFF image"
+    # Hostile bytes fail inside decoders with many exception types (OSError, SyntaxError,
+    # struct.error, IndexError…); each one means the same thing to the caller.
+    except Exception as exc:
+        reason = f"not a readable image ({type(exc).__name__})"
+    raise Invalid(
+        f"{filename} is not a readable image",
+        code="image_invalid",
+        errors=[field_error("files", reason, file=filename)],
+    )
 
 
 def predict(

@@ -81,7 +81,15 @@ async def predict(
         )
     payload = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
     predictions = await run_in_threadpool(
-        service.predict, session, storage, cache, tenant, model_id, payload, top_k
+        service.predict,
+        session,
+        storage,
+        cache,
+        tenant,
+        model_id,
+        payload,
+        top_k,
+        settings.max_image_pixels,
     )
     return PredictResponse(model_id=model_id, predictions=predictions)
 

@@ -31,6 +31,7 @@ def predict(
     model_id: str,
     files: list[tuple[str, bytes]],
     top_k: int,
+    max_pixels: int,
 ) -> list[dict]:
     """Top-k predictions for each (filename, bytes); every unreadable file is named in the 422."""
     row = get(session, tenant, model_id)
@@ -38,7 +39,7 @@ def predict(
     images, errors = [], []
     for name, data in files:
         try:
-            images.append(inference.decode(data, name, loaded.image_size))
+            images.append(inference.decode(data, name, loaded.image_size, max_pixels))
         except Invalid as exc:
             errors.extend(exc.errors or [])
     if errors:

@@ -1,7 +1,8 @@
 """Decode-once image cache, device-side batching, augmentation and normalisation.
 
 Every image is decoded, oriented, converted to RGB and resized to `image_size`² exactly once
-per dataset and size; the result is one uint8 tensor (N, 3, S, S), cached as safetensors.
+per dataset and size by `imaging.decode_image`, the function serving uses too; the result
+is one uint8 tensor (N, 3, S, S), cached as safetensors.
 Training then only indexes that tensor: no PIL, no DataLoader workers on the critical path.
 """
 
@@ -13,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from worker.training.checkpoint import atomic_write
+from worker.training.imaging import DECODER_VERSION, decode_image
 
 
 @dataclass
@@ -38,18 +40,6 @@ class TrainData:
     test: ImageSet | None = None
 
 
-def decode_image(path: str | Path, size: int) -> np.ndarray:
-    """One image as uint8 (3, size, size): EXIF-oriented, RGB, resized (squashed) to size²."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode != "RGB":
-            img = (
-                img.convert("RGBA").convert("RGB") if "A" in img.getbands() else img.convert("RGB")
-            )
-        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
 def decode_images(paths: Sequence[str | Path], size: int, threads: int = 4) -> torch.Tensor:
     """Decode many images in threads (PIL releases the GIL while decoding and resizing)."""
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
@@ -67,12 +57,16 @@ def cached_images(
 ) -> torch.Tensor:
     """The decoded tensor for `paths`, read from `cache` when an earlier job made it."""
     if cache is not None and cache.exists():
-        images = load_file(str(cache))["images"]
-        if images.shape == (len(paths), 3, size, size):
-            return images
+        with safe_open(str(cache), framework="pt") as fh:
+            # A cache decoded by an older normalisation would skew training from serving.
+            if (fh.metadata() or {}).get("decoder") == DECODER_VERSION:
+                images = fh.get_tensor("images")
+                if images.shape == (len(paths), 3, size, size):
+                    return images
     images = decode_images(paths, size, threads)
     if cache is not None:
-        atomic_write(cache, lambda tmp: save_file({"images": images}, str(tmp)))
+        meta = {"decoder": DECODER_VERSION}
+        atomic_write(cache, lambda tmp: save_file({"images": images}, str(tmp), metadata=meta))
     return images
 
 

@@ -1,89 +1,46 @@
 """Unit tests for app.datasets.archive: layouts, junk, unsafe members, bombs and bad images."""
 
-import io
+import hashlib
 import json
 import random
 import subprocess
 import sys
 import tarfile
-import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from app.core.errors import Invalid
-from app.datasets.archive import Limits, extract_dataset
+from app.datasets.archive import Limits
+from tests.unit.datasets.builders import (
+    Build,
+    image,
+    raw,
+    run,
+    tar_of,
+    truncated_png,
+    zip_of,
+)
 
-Files = dict[str, bytes]
-Build = Callable[[Path], None]
-
-
-def _image(fmt: str = "PNG", size: tuple[int, int] = (8, 8), seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    img = Image.new("RGB", size)
-    img.putdata(
-        [
-            (rng.randrange(256), rng.randrange(256), rng.randrange(256))
-            for _ in range(size[0] * size[1])
-        ]
-    )
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
+PNG = image()
+JPG = image("JPEG")
 
 
-PNG = _image()
-JPG = _image("JPEG", seed=1)
-
-
-def _zip(files: Files) -> Build:
-    def build(path: Path) -> None:
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, data in files.items():
-                zf.writestr(name, data)
-
-    return build
-
-
-def _tar(files: Files, mode: str = "w:gz", links: dict[str, bytes] | None = None) -> Build:
-    """A tar of `files`, plus link members: {name: tarfile.SYMTYPE or LNKTYPE}."""
-
-    def build(path: Path) -> None:
-        with tarfile.open(path, mode) as tf:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-            for name, kind in (links or {}).items():
-                info = tarfile.TarInfo(name)
-                info.type, info.linkname = kind, "/etc/passwd"
-                tf.addfile(info)
-
-    return build
-
-
-def _raw(data: bytes) -> Build:
-    return lambda path: path.write_bytes(data)
-
-
-def _run(tmp_path: Path, build: Build, limits: Limits = Limits()):
-    archive = tmp_path / "upload.bin"  # format must come from the content, not the name
-    build(archive)
-    return extract_dataset(archive, tmp_path / "out", limits)
+def _skip_codes(warnings: list[dict]) -> set[str]:
+    """Codes of the skipped-entry warnings; quality warnings have their own tests."""
+    return {w["code"] for w in warnings if w["code"].endswith("_skipped")}
 
 
 OK_CASES = [
     pytest.param(
-        _zip({"cats/a.png": PNG, "cats/b.jpg": JPG, "dogs/c.PNG": PNG}),
+        zip_of({"cats/a.png": PNG, "cats/b.jpg": JPG, "dogs/c.PNG": PNG}),
         {"cats": 2, "dogs": 1},
         {"train": 3, "val": 0, "test": 0},
         set(),
         id="zip-flat",
     ),
     pytest.param(
-        _tar(
+        tar_of(
             {
                 "train/cats/a.png": PNG,
                 "train/dogs/b.png": PNG,
@@ -98,14 +55,14 @@ OK_CASES = [
         id="targz-splits",
     ),
     pytest.param(
-        _zip({"digits/0/a.png": PNG, "digits/1/b.png": PNG}),
+        zip_of({"digits/0/a.png": PNG, "digits/1/b.png": PNG}),
         {"0": 1, "1": 1},
         {"train": 2, "val": 0, "test": 0},
         set(),
         id="wrapper-stripped",
     ),
     pytest.param(
-        _tar(
+        tar_of(
             {
                 "./data/train/cats/a.png": PNG,
                 "./data/train/dogs/b.png": PNG,
@@ -119,7 +76,7 @@ OK_CASES = [
         id="plain-tar-wrapper-with-splits",
     ),
     pytest.param(
-        _zip(
+        zip_of(
             {
                 "cats/a.png": PNG,
                 "dogs/b.png": PNG,
@@ -135,7 +92,7 @@ OK_CASES = [
         id="macos-junk",
     ),
     pytest.param(
-        _zip(
+        zip_of(
             {"cats/a.png": PNG, "dogs/b.png": PNG, "README.txt": b"hi", "dogs/labels.csv": b"a,b"}
         ),
         {"cats": 1, "dogs": 1},
@@ -150,17 +107,18 @@ OK_CASES = [
 def test_extracts_valid_archives(
     tmp_path: Path, build: Build, counts: dict, splits: dict, warning_codes: set
 ) -> None:
-    report = _run(tmp_path, build)
+    report = run(tmp_path, build)
     out = tmp_path / "out"
     assert report.classes == sorted(counts)
     assert report.class_counts == counts
     assert report.splits == splits
-    assert {w["code"] for w in report.warnings} == warning_codes
+    assert _skip_codes(report.warnings) == warning_codes
     assert [e.file for e in report.entries] == [
         f"images/{i:06d}{Path(e.source).suffix.lower()}" for i, e in enumerate(report.entries)
     ]
     for e in report.entries:
         assert (out / e.file).stat().st_size == e.size_bytes > 0
+        assert hashlib.sha256((out / e.file).read_bytes()).hexdigest() == e.sha256
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == report.classes
     assert len(manifest["entries"]) == len(report.entries)
@@ -168,77 +126,72 @@ def test_extracts_valid_archives(
 
 
 def test_junk_warnings_name_each_hidden_root_once(tmp_path: Path) -> None:
-    report = _run(tmp_path, OK_CASES[4].values[0])
-    paths = sorted(w["path"] for w in report.warnings)
+    report = run(tmp_path, OK_CASES[4].values[0])
+    paths = sorted(w["path"] for w in report.warnings if w["code"] == "junk_skipped")
     assert paths == ["Thumbs.db", "__MACOSX/", "cats/.DS_Store"]
-
-
-def _truncated_png() -> bytes:
-    data = _image(size=(64, 64), seed=2)
-    return data[: len(data) // 2]
 
 
 ERROR_CASES = [
     pytest.param(
-        _zip({"../x.png": PNG, "cats/a.png": PNG, "dogs/b.png": PNG}),
+        zip_of({"../x.png": PNG, "cats/a.png": PNG, "dogs/b.png": PNG}),
         None,
         "archive_unsafe",
         {"../x.png"},
         id="zip-slip",
     ),
     pytest.param(
-        _zip({"/abs/x.png": PNG, "cats/a.png": PNG}),
+        zip_of({"/abs/x.png": PNG, "cats/a.png": PNG}),
         None,
         "archive_unsafe",
         {"/abs/x.png"},
         id="absolute-path",
     ),
     pytest.param(
-        _zip({"C:/x.png": PNG, "cats\\..\\y.png": PNG}),
+        zip_of({"C:/x.png": PNG, "cats\\..\\y.png": PNG}),
         None,
         "archive_unsafe",
         {"C:/x.png", "cats\\..\\y.png"},
         id="drive-and-backslash",
     ),
     pytest.param(
-        _tar({"cats/a.png": PNG}, links={"dogs/b.png": tarfile.SYMTYPE}),
+        tar_of({"cats/a.png": PNG}, links={"dogs/b.png": tarfile.SYMTYPE}),
         None,
         "archive_unsafe",
         {"dogs/b.png"},
         id="tar-symlink",
     ),
     pytest.param(
-        _tar({"cats/a.png": PNG}, links={"dogs/b.png": tarfile.LNKTYPE}),
+        tar_of({"cats/a.png": PNG}, links={"dogs/b.png": tarfile.LNKTYPE}),
         None,
         "archive_unsafe",
         {"dogs/b.png"},
         id="tar-hardlink",
     ),
     pytest.param(
-        _raw(random.Random(0).randbytes(4096)), None, "archive_invalid", None, id="random-bytes"
+        raw(random.Random(0).randbytes(4096)), None, "archive_invalid", None, id="random-bytes"
     ),
     pytest.param(
-        _raw(b"PK\x03\x04" + bytes(100)), None, "archive_invalid", None, id="truncated-zip"
+        raw(b"PK\x03\x04" + bytes(100)), None, "archive_invalid", None, id="truncated-zip"
     ),
     pytest.param(
-        _zip({"cats/a.png": PNG, "cats/b.png": PNG}),
+        zip_of({"cats/a.png": PNG, "cats/b.png": PNG}),
         None,
         "dataset_too_few_classes",
         None,
         id="one-class",
     ),
     pytest.param(
-        _zip({"README.txt": b"hi", "cats/.DS_Store": b"x"}),
+        zip_of({"README.txt": b"hi", "cats/.DS_Store": b"x"}),
         None,
         "dataset_empty",
         None,
         id="no-images",
     ),
     pytest.param(
-        _zip(
+        zip_of(
             {
                 "cats/a.png": PNG,
-                "cats/bad.png": _truncated_png(),
+                "cats/bad.png": truncated_png(),
                 "dogs/b.png": PNG,
                 "dogs/fake.jpg": b"not an image",
             }
@@ -249,63 +202,63 @@ ERROR_CASES = [
         id="bad-images",
     ),
     pytest.param(
-        _zip({"cats/a.png": PNG, "dogs/b.png": PNG, "c.png": PNG}),
+        zip_of({"cats/a.png": PNG, "dogs/b.png": PNG, "c.png": PNG}),
         None,
         "dataset_layout_invalid",
         {"c.png"},
         id="image-outside-class",
     ),
     pytest.param(
-        _zip({"train/cats/a.png": PNG, "train/dogs/b.png": PNG, "birds/c.png": PNG}),
+        zip_of({"train/cats/a.png": PNG, "train/dogs/b.png": PNG, "birds/c.png": PNG}),
         None,
         "dataset_layout_invalid",
         {"birds/"},
         id="splits-mixed-with-classes",
     ),
     pytest.param(
-        _zip({"train/cats/a.png": PNG, "train/dogs/b.png": PNG, "val/birds/c.png": PNG}),
+        zip_of({"train/cats/a.png": PNG, "train/dogs/b.png": PNG, "val/birds/c.png": PNG}),
         None,
         "dataset_layout_invalid",
         {"val/birds/"},
         id="val-class-not-in-train",
     ),
     pytest.param(
-        _zip({"Cats/a.png": PNG, "cats/b.png": PNG}),
+        zip_of({"Cats/a.png": PNG, "cats/b.png": PNG}),
         None,
         "dataset_layout_invalid",
         {"Cats/", "cats/"},
         id="classes-differ-by-case",
     ),
     pytest.param(
-        _zip({"cats/a.png": PNG, "dogs/big.png": bytes(10 * 2**20)}),
+        zip_of({"cats/a.png": PNG, "dogs/big.png": bytes(10 * 2**20)}),
         None,
         "archive_too_large",
         {"dogs/big.png"},
         id="zip-bomb-ratio",
     ),
     pytest.param(
-        _zip({f"c{i % 2}/{i}.png": PNG for i in range(6)}),
+        zip_of({f"c{i % 2}/{i}.png": PNG for i in range(6)}),
         Limits(max_members=5),
         "archive_too_large",
         None,
         id="too-many-members",
     ),
     pytest.param(
-        _tar({f"c{i % 2}/{i}.png": PNG for i in range(6)}),
+        tar_of({f"c{i % 2}/{i}.png": PNG for i in range(6)}),
         Limits(max_members=5),
         "archive_too_large",
         None,
         id="too-many-tar-members",
     ),
     pytest.param(
-        _zip({"cats/a.png": PNG, "dogs/b.png": PNG}),
+        zip_of({"cats/a.png": PNG, "dogs/b.png": PNG}),
         Limits(max_total_bytes=100),
         "archive_too_large",
         None,
         id="too-many-bytes",
     ),
     pytest.param(
-        _zip({"cats/a.png": PNG, "dogs/b.png": PNG}),
+        zip_of({"cats/a.png": PNG, "dogs/b.png": PNG}),
         Limits(max_image_pixels=10),
         "image_invalid",
         {"cats/a.png", "dogs/b.png"},
@@ -319,7 +272,7 @@ def test_refuses_bad_archives_and_leaves_nothing(
     tmp_path: Path, build: Build, limits: Limits | None, code: str, paths: set | None
 ) -> None:
     with pytest.raises(Invalid) as caught:
-        _run(tmp_path, build, limits or Limits())
+        run(tmp_path, build, limits or Limits())
     assert caught.value.code == code
     assert caught.value.status == 422
     if paths is not None:
@@ -331,7 +284,7 @@ def test_refuses_bad_archives_and_leaves_nothing(
 def test_existing_empty_dest_is_kept_but_emptied_on_error(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     with pytest.raises(Invalid):
-        _run(tmp_path, _zip({"cats/a.png": PNG, "dogs/b.txt.png": b"nope"}))
+        run(tmp_path, zip_of({"cats/a.png": PNG, "dogs/b.txt.png": b"nope"}))
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -339,7 +292,7 @@ def test_refuses_a_non_empty_dest(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError):
-        _run(tmp_path, _zip({"cats/a.png": PNG, "dogs/b.png": PNG}))
+        run(tmp_path, zip_of({"cats/a.png": PNG, "dogs/b.png": PNG}))
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 

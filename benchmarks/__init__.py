@@ -1,0 +1,1 @@
+"""Benchmarks of the service against the plain PyTorch loop (run: make bench)."""

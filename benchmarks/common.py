@@ -1,0 +1,103 @@
+"""Shared pieces: the benchmark dataset on disk, timing, memory, tables."""
+
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass
+class ImageFolderData:
+    root: Path  # ImageFolder layout: <root>/train/<class>/*.png, <root>/test/<class>/*.png
+    classes: list[str]
+
+
+def digits_imagefolder(
+    root: Path, size: int, limit_per_class: int | None = None
+) -> ImageFolderData:
+    """scikit-learn's real digits as PNG files at `size`² (80 % train, 20 % test, per class)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = (data.images / 16 * 255).astype(np.uint8)
+    classes = [f"digit_{c}" for c in range(10)]
+    for cls in range(10):
+        idx = np.nonzero(data.target == cls)[0][:limit_per_class]
+        cut = int(len(idx) * 0.8)
+        for split, chosen in (("train", idx[:cut]), ("test", idx[cut:])):
+            folder = root / split / classes[cls]
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in chosen:
+                img = Image.fromarray(images[i], mode="L").resize(
+                    (size, size), Image.Resampling.BICUBIC
+                )
+                img.convert("RGB").save(folder / f"{i}.png")
+    return ImageFolderData(root, classes)
+
+
+@contextmanager
+def timed() -> Iterator[dict[str, float]]:
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    yield out
+    out["seconds"] = time.perf_counter() - start
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process and its waited-for children, MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024
+
+
+def peak_cuda_mib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A Markdown table of `rows` (floats to 3 significant digits)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+Bench = Callable[[Path, bool], list[dict[str, Any]]]
