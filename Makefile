@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint unit integration audit clean
+.PHONY: install run test lint unit integration audit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ run: install
 	$(VENV)/bin/finetune up
 
 test: install
-	$(VENV)/bin/ruff check app worker migrations tests
+	$(VENV)/bin/ruff check app worker migrations tests benchmarks
 	$(PY) -m pytest
 
 unit: install
@@ -28,8 +28,12 @@ integration: install
 	$(PY) -m pytest tests/integration
 
 lint: install
-	$(VENV)/bin/ruff check app worker migrations tests
+	$(VENV)/bin/ruff check app worker migrations tests benchmarks
 	$(VENV)/bin/ruff format --check app worker migrations tests
+
+# Side-by-side figures (minutes on a CPU); writes benchmarks/results.json.
+bench: install
+	$(PY) -m benchmarks.run --out benchmarks/results.json
 
 # Needs the vulnerability database (PyPI's per-release JSON or OSV) reachable.
 audit: install

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from app.core.config import get_settings
+from app.core.logs import configure as configure_logs
 
 log = logging.getLogger("finetune")
 
@@ -21,7 +22,7 @@ def _serve(host: str, port: int) -> None:
 
     from app.main import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(), host=host, port=port, log_config=None)
 
 
 def cmd_api(args: argparse.Namespace) -> None:
@@ -118,7 +119,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    configure_logs(settings.log_format, settings.log_level)
     args = parser().parse_args(argv)
     args.func(args)
 

@@ -48,7 +48,7 @@ def service_core(
         augment=False,
     )
     result = fit(spec, TrainData(train=train, test=test))
-    seen = (len(train) // spec.batch_size) * spec.batch_size
+    seen = min(len(train), max(1, len(train) // spec.batch_size) * spec.batch_size)  # drop_last
     train_s = sum(seen / m["images_per_second"] for m in result.history)
     return {
         "images_per_second": epochs * seen / (train_s + decode_s),
@@ -63,7 +63,7 @@ def configs(tiny: bool) -> list[dict[str, Any]]:
         return [{"backbone": "resnet18", "size": 16, "epochs": 1, "per_class": 12}]
     out = [
         {"backbone": "resnet18", "size": 32, "epochs": 3, "per_class": None},
-        {"backbone": "resnet18", "size": 224, "epochs": 1, "per_class": 50},
+        {"backbone": "resnet18", "size": 224, "epochs": 2, "per_class": 80},
     ]
     if torch.cuda.is_available():
         out += [

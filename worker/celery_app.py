@@ -33,8 +33,9 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue_name,
         task_routes={TRAIN_TASK: {"queue": settings.queue_name}},
-        # One job per child process: GPU memory and allocator state start clean every job.
-        worker_max_tasks_per_child=1,
+        # With recycling, one job per child process: GPU memory and allocator state start
+        # clean every job, at the price of a fork before the next (see README, Speed).
+        worker_max_tasks_per_child=1 if settings.worker_recycle else None,
         worker_hijack_root_logger=False,
         # The filesystem transport has no broadcast channel for remote control.
         worker_enable_remote_control=not settings.embedded_broker,

@@ -31,6 +31,7 @@ SPEC_FIELDS = (
     "early_stopping_patience",
     "mixed_precision",
     "seed",
+    "compile",
 )
 
 
@@ -73,7 +74,7 @@ def build_spec(
         classes=tuple(dataset.classes),
         init=_init_weights(session, storage, job.spec, dataset.classes),
         device=settings.device,
-        **{name: job.spec[name] for name in SPEC_FIELDS},
+        **{name: job.spec[name] for name in SPEC_FIELDS if name in job.spec},
     )
 
 
@@ -88,13 +89,13 @@ def load_data(
     root = storage.path(dataset.storage_key)
     entries = json.loads((root / "manifest.json").read_text())["entries"]
     index = {name: i for i, name in enumerate(dataset.classes)}
-    cache = settings.work_dir / "cache" / dataset.id / f"{spec.image_size}.safetensors"
+    cache = settings.work_dir / "cache" / dataset.id / f"{spec.image_size}.npy"
     paths = [root / e["file"] for e in entries]
     images = cached_images(cache, paths, spec.image_size, settings.decode_threads)
     full = ImageSet(images, torch.tensor([index[e["label"]] for e in entries], dtype=torch.long))
     split = torch.tensor([SPLITS[e["split"]] for e in entries])
     train, val, test = (full.subset(torch.nonzero(split == k).flatten()) for k in range(3))
     if len(val) == 0 and validation_split > 0:
-        train_idx, val_idx = stratified_split(train.labels, validation_split, spec.seed)
+        train_idx, val_idx = stratified_split(train.set_labels(), validation_split, spec.seed)
         train, val = train.subset(train_idx), train.subset(val_idx)
     return TrainData(train=train, val=val if len(val) else None, test=test if len(test) else None)

@@ -66,6 +66,7 @@ _beacon: Beacon | None = None
 @worker_process_init.connect
 def _child_started(**_: object) -> None:
     forget_inherited_connections()
+    os.nice(get_settings().worker_nice)
 
 
 @worker_ready.connect

@@ -7,6 +7,7 @@ job, this one deletes what it wrote and stops (AttemptInterrupted).
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import select, update
@@ -15,13 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.events import add_event, job_tenant
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Job
-from app.core.storage import LocalStorage, sha256_file
+from app.core.storage import LocalStorage
 from worker.faults import Faults
 from worker.lease import AttemptInterrupted, Lease
 from worker.retry import retrying
-from worker.training.checkpoint import save_weights, weights_metadata
+from worker.training.checkpoint import cpu_state_dict, save_weights, weights_metadata
 from worker.training.loop import FitCallbacks
-from worker.training.resume import save_state
+from worker.training.resume import StateSnapshot, snapshot, write_state
 from worker.training.spec import TrainSpec
 from worker.training.trainer import Trainer
 
@@ -57,6 +58,8 @@ class DatabaseReporter(FitCallbacks):
         self.progress_interval_s, self.cancel_interval_s = progress_interval_s, cancel_interval_s
         self.faults = faults or Faults("")
         self._last_progress = self._last_cancel_check = 0.0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future[None] | None = None
 
     def _fenced(self, session: Session, **values: Any) -> None:
         """Update the job row if this attempt still owns it, else stop the attempt."""
@@ -105,6 +108,8 @@ class DatabaseReporter(FitCallbacks):
 
     def should_stop(self) -> bool:
         self.lease.check()
+        if self._pending is not None and self._pending.done():
+            self._wait_pending()  # surfaces a background failure (e.g. a lost lease) now
         now = time.monotonic()
         if now - self._last_cancel_check < self.cancel_interval_s:
             return False
@@ -113,22 +118,46 @@ class DatabaseReporter(FitCallbacks):
             return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any], trainer: Trainer) -> None:
+        """Snapshot now; write and commit in the background while the next epoch trains.
+
+        Only one epoch's persistence runs at a time, in order; its failure (a lost lease)
+        surfaces at the next check. The runner calls `flush()` before the outcome.
+        """
+        weights = cpu_state_dict(trainer.model.state_dict())
+        state = snapshot(trainer, epoch)
+        self._wait_pending()
+        self._pending = self._writer.submit(self._persist, epoch, clean(metrics), weights, state)
+
+    def _wait_pending(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def flush(self) -> None:
+        """Wait for the last epoch's checkpoint to be durable and committed."""
+        try:
+            self._wait_pending()
+        finally:
+            self._writer.shutdown(wait=True)
+
+    def _persist(
+        self, epoch: int, metrics: dict[str, Any], weights: dict[str, Any], state: StateSnapshot
+    ) -> None:
         # Named per attempt: a stale attempt can never overwrite what the live one wrote.
         tag = f"epoch-{epoch:04d}-a{self.lease.attempt}"
         key = f"jobs/{self.job_id}/checkpoints/{tag}.safetensors"
         resume_key = f"jobs/{self.job_id}/state/{tag}.safetensors"
         path = self.storage.path(key)
         meta = weights_metadata(self.spec, job_id=self.job_id, epoch=epoch)
-        save_weights(path, trainer.model.state_dict(), meta)
-        save_state(self.storage.path(resume_key), trainer, epoch)
-        metrics = clean(metrics)
+        sha256 = save_weights(path, weights, meta, copied=True)
+        write_state(self.storage.path(resume_key), state)
         row = {
             "id": new_id("ckpt"),
             "job_id": self.job_id,
             "epoch": epoch,
             "metrics": metrics,
             "size_bytes": path.stat().st_size,
-            "sha256": sha256_file(path),
+            "sha256": sha256,
             "storage_key": key,
             "resume_key": resume_key,
             "tenant_id": job_tenant(self.job_id),

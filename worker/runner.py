@@ -1,5 +1,6 @@
 """Run one attempt of a job: claim it, resume it, fit, and record exactly one outcome."""
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core import queue
+from app.core import logs, queue
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
 from app.core.events import add_event
@@ -142,13 +143,8 @@ def _resume_state(session: Session, storage: LocalStorage, job_id: str) -> Resum
     )
     if last is None or last.resume_key is None or not storage.exists(last.resume_key):
         return None
-    keys = dict(
-        session.execute(
-            select(Checkpoint.epoch, Checkpoint.storage_key).where(Checkpoint.job_id == job_id)
-        )
-        .tuples()
-        .all()
-    )
+    stmt = select(Checkpoint.epoch, Checkpoint.storage_key).where(Checkpoint.job_id == job_id)
+    keys = {epoch: key for epoch, key in session.execute(stmt)}
     return load_state(storage.path(last.resume_key), lambda epoch: storage.path(keys[epoch]))
 
 
@@ -173,6 +169,8 @@ def _record_success(
                     "stopped_early": result.stopped_early,
                 }
             )
+            if result.evaluation is not None:
+                metrics["evaluation"] = result.evaluation
             model = Model(
                 id=new_id("mdl"),
                 tenant_id=best.tenant_id,
@@ -196,6 +194,8 @@ def _record_success(
                 "best_epoch": result.best_epoch,
                 **clean(result.test_metrics or {}),
             }
+            if result.evaluation is not None:
+                summary["evaluation"] = result.evaluation
             progress = {
                 "epoch": last["epoch"],
                 "epochs": spec.epochs,
@@ -282,6 +282,7 @@ def _train(settings: Settings, storage: LocalStorage, lease: Lease, faults: Faul
         try:
             result = fit(spec, data, reporter, resume=resume, micro_batch=micro)
         except torch.OutOfMemoryError:
+            reporter.flush()  # the last epoch is committed before resuming from it
             micro = (micro or spec.batch_size) // 2
             if micro < 1:
                 raise JobFailure("out_of_memory", "out of memory even with a batch of 1") from None
@@ -294,6 +295,11 @@ def _train(settings: Settings, storage: LocalStorage, lease: Lease, faults: Faul
             warning = {"code": "out_of_memory", "micro_batch": micro}
             reporter.write(lambda s, t=text, w=warning: add_event(s, lease.job_id, "warning", t, w))
             continue
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first failure is the one to report
+                reporter.flush()
+            raise
+        reporter.flush()
         _record_success(lease, storage, spec, result)
         return
 
@@ -308,6 +314,7 @@ def run_job(settings: Settings, job_id: str) -> None:
         log.info("job %s is not queued (or cancelled); nothing to do", job_id)
         return
     lease = Lease(sessions, job_id, attempt, settings.lease_s).start()
+    token = logs.job_id.set(job_id)
     try:
         with _sigterm_releases(lease):
             _train(settings, storage, lease, Faults())
@@ -332,3 +339,6 @@ def run_job(settings: Settings, job_id: str) -> None:
         _finish(lease, JobStatus.failed, "job failed", error=error)
     finally:
         lease.stop()
+        logs.job_id.reset(token)
+        if torch.cuda.is_available():  # the child lives on: give cached GPU memory back
+            torch.cuda.empty_cache()

@@ -20,6 +20,7 @@ DESCRIPTIONS = {
     "422": "Invalid request; `errors` names each bad field or file",
     "429": "Rate limited; see Retry-After",
     "500": "Internal error; the detail holds a reference for the server log",
+    "503": "Overloaded: the prediction queue is full; retry shortly",
 }
 
 
@@ -40,6 +41,8 @@ def _statuses(path: str, method: str) -> set[str]:
             statuses.add("413")
     if (path, method) in {("/v1/datasets", "post"), ("/v1/jobs", "post")}:
         statuses.add("429")
+    if path.endswith("/predict"):
+        statuses.add("503")
     return statuses
 
 
@@ -55,6 +58,8 @@ def complete(app: FastAPI) -> dict[str, Any]:
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             wanted = _statuses(path, method) | {s for s in responses if s[0] == "4"}
+            if path == "/readyz":
+                continue  # its 503 is the readiness report, not a problem
             if path in {"/livez", "/readyz"}:
                 wanted -= {"422"}
             for status in wanted:

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import AppError, TooManyRequests, Unauthorized
 
@@ -110,16 +111,35 @@ def install(app: FastAPI) -> None:
             request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
         )
 
-    @app.exception_handler(Exception)
-    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        incident = uuid.uuid4().hex[:12]
-        log.exception("unhandled error %s on %s %s", incident, request.method, request.url.path)
-        return problem_response(
-            request,
-            500,
-            "internal_error",
-            f"internal error; reference {incident} in the server log",
-        )
+
+class CatchUnhandled:
+    """Turns an unhandled exception into a 500 problem, inside the request-id middleware (so
+    the log line and the response carry the request's id) and without a trace to the client."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("unhandled error %s on %s %s", incident, scope["method"], scope["path"])
+            if started:
+                raise
+            detail = f"internal error; reference {incident} in the server log"
+            response = problem_response(Request(scope), 500, "internal_error", detail)
+            await response(scope, receive, send)
 
 
 # Every route documents these alongside its own responses.

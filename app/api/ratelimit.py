@@ -4,6 +4,7 @@ The counters live in Redis when the broker is Redis, so every API process shares
 with the embedded broker (one host) they live in process memory.
 """
 
+import logging
 import math
 import time
 from typing import Annotated
@@ -17,6 +18,8 @@ from app.api.deps import SettingsDep, TenantDep
 from app.core.config import Settings
 from app.core.errors import TooManyRequests
 
+log = logging.getLogger(__name__)
+
 
 def create_limiter(settings: Settings) -> MovingWindowRateLimiter:
     """The app's limiter (made at startup): Redis-backed when the broker is Redis."""
@@ -27,7 +30,12 @@ def create_limiter(settings: Settings) -> MovingWindowRateLimiter:
 def check(limiter: MovingWindowRateLimiter, tenant: str, action: str, rule: str) -> None:
     """Count one `action` for `tenant`; 429 with Retry-After when over `rule`."""
     item = parse(rule)
-    if not limiter.hit(item, action, tenant):
+    try:
+        allowed = limiter.hit(item, action, tenant)
+    except Exception:  # counters unreachable (Redis down): fail open, the job row is what matters
+        log.warning("rate-limit storage unavailable; %s not counted", action, exc_info=True)
+        return
+    if not allowed:
         reset = limiter.get_window_stats(item, action, tenant).reset_time
         retry_after = max(1, math.ceil(reset - time.time()))
         raise TooManyRequests(

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     )
     model_cache_size: int = Field(4, ge=1, description="Models kept loaded for predict.")
     max_predict_files: int = Field(64, ge=1)
+    predict_batching: bool = Field(True, description="Share forward passes across requests.")
+    predict_max_batch: int = Field(64, ge=1, description="Images in one shared forward pass.")
+    predict_max_wait_ms: float = Field(5.0, ge=0, description="Wait for company after a request.")
+    predict_queue_size: int = Field(256, ge=1, description="Waiting requests before 503.")
     decode_threads: int = Field(4, ge=1, description="Threads that decode dataset images.")
 
     max_upload_bytes: int = Field(
@@ -43,6 +47,18 @@ class Settings(BaseSettings):
     rate_limit_jobs: str = Field("120/minute", description="Per tenant (`limits` notation).")
     max_running_jobs_per_tenant: int = Field(2, ge=1, description="Others wait queued.")
 
+    worker_recycle: bool = Field(
+        False, description="A fresh worker child process per job (frees all GPU memory)."
+    )
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Training runs at this lower priority, so an API on the same "
+        "host stays responsive.",
+    )
+    log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs.")
+    log_level: str = Field("INFO")
     lease_s: float = Field(
         30.0, gt=0, description="A running attempt's lease; renewed every third."
     )

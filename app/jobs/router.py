@@ -1,8 +1,8 @@
 """HTTP routes of jobs: parse, call one service function, return a schema."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.files import weights_file_response
@@ -20,6 +20,7 @@ from app.jobs.schemas import (
     JobRead,
     QueueInfo,
 )
+from app.jobs.stream import event_stream
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -124,16 +125,31 @@ def _event(row) -> EventRead:  # type: ignore[no-untyped-def]
 @router.get(
     "/{job_id}/events",
     response_model=EventPage,
-    responses=problems(404),
-    summary="The job's events, oldest first",
+    responses={
+        200: {
+            "description": "The events page (JSON), or with `Accept: text/event-stream` a live "
+            "SSE stream (`id:` = event id, `event:` = type, `data:` = the event as JSON) that "
+            "resumes after `Last-Event-ID` and ends after the terminal status event.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problems(404),
+    },
+    summary="The job's events, oldest first (JSON page or live SSE)",
 )
 def list_events(
     job_id: str,
+    request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     tenant: TenantDep,
     after: Annotated[int | None, Query(ge=0, description="Last event id already seen.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict:
+    last_event_id: Annotated[str | None, Header(description="SSE resume point.")] = None,
+) -> Any:
+    if "text/event-stream" in request.headers.get("accept", ""):
+        service.get(session, tenant, job_id)  # 404 for a missing or another tenant's job
+        resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        return event_stream(settings.database_url, job_id, resume or 0)
     rows = service.events(session, tenant, job_id, after, limit)
     has_more = len(rows) > limit
     rows = rows[:limit]
@@ -167,3 +183,18 @@ def download_checkpoint(
     row = service.checkpoint(session, tenant, job_id, checkpoint_id)
     name = f"{job_id}-epoch{row.epoch}.safetensors"
     return weights_file_response(request, storage, row.storage_key, row.sha256, name)
+
+
+@router.get(
+    "/{job_id}/plots/{name}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "A PNG image"}, **problems(404)},
+    summary="Loss/accuracy curves or the confusion matrix of a job, as PNG",
+)
+def job_plot(
+    job_id: str,
+    name: Annotated[str, Path(pattern="^(curves|confusion)$")],
+    session: SessionDep,
+    tenant: TenantDep,
+) -> Response:
+    return Response(service.plot(session, tenant, job_id, name), media_type="image/png")

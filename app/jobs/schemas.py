@@ -67,6 +67,10 @@ class JobCreate(BaseModel):
     early_stopping_patience: int | None = Field(None, ge=1, le=1000, description="null = off")
     mixed_precision: Literal["auto", "off"] = "auto"
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    compile: bool = Field(
+        False,
+        description="torch.compile the forward pass: slower start, faster steps on long runs.",
+    )
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> "JobCreate":

@@ -17,6 +17,7 @@ from app.core.errors import Conflict, Invalid, NotFound
 from app.core.events import add_event
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Job, JobEvent, JobStatus, Worker, utcnow
+from app.jobs import plots
 from app.jobs.schemas import JobCreate
 from app.jobs.validation import check_spec
 
@@ -206,3 +207,13 @@ def checkpoint(session: Session, tenant: str, job_id: str, checkpoint_id: str) -
     if row is None or row.job_id != job_id or row.tenant_id != tenant:
         raise NotFound(f"checkpoint {checkpoint_id} does not exist", code="checkpoint_not_found")
     return row
+
+
+def plot(session: Session, tenant: str, job_id: str, name: str) -> bytes:
+    """A PNG of the job: `curves` (per-epoch loss/accuracy) or `confusion` (final matrix)."""
+    job = get(session, tenant, job_id)
+    if name == "confusion":
+        return plots.confusion(job_id, job.metrics.get("evaluation"))
+    stmt = select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "epoch")
+    epochs = {data["epoch"]: data for data in session.scalars(stmt.order_by(JobEvent.id))}
+    return plots.curves(job_id, [epochs[e] for e in sorted(epochs)])

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from app.core.errors import Invalid, field_error
 from app.core.storage import sha256_file
+from app.models.batching import MicroBatcher
 
 # The deliberate exception to "app never imports worker": see that module's docstring.
 from worker.training.imaging import decode_image
@@ -33,6 +34,15 @@ class LoadedModel:
     std: np.ndarray
     device: str
     lock: threading.Lock
+    batcher: MicroBatcher | None = None
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Softmax rows for normalised float32 images (N, 3, S, S): one forward pass."""
+        import torch
+
+        batch = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+        with self.lock, torch.inference_mode():
+            return torch.softmax(self.net(batch).float(), dim=1).cpu().numpy()
 
 
 def _load(path: Path, sha256: str, device: str) -> LoadedModel:
@@ -62,11 +72,22 @@ def _load(path: Path, sha256: str, device: str) -> LoadedModel:
     )
 
 
+@dataclass(frozen=True)
+class BatchPolicy:
+    enabled: bool = True
+    max_batch: int = 64
+    max_wait_s: float = 0.005
+    queue_size: int = 256
+
+
 class ModelCache:
     """At most `size` models in memory; the least recently used is dropped first."""
 
-    def __init__(self, size: int, device: str = "auto") -> None:
+    def __init__(
+        self, size: int, device: str = "auto", batching: BatchPolicy | None = None
+    ) -> None:
         self.size, self.device = size, device
+        self.batching = batching or BatchPolicy()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
@@ -77,10 +98,17 @@ class ModelCache:
                 self._models.move_to_end(model_id)
                 return self._models[model_id]
             loaded = _load(path, sha256, self.device)
+            policy = self.batching
+            if policy.enabled:
+                loaded.batcher = MicroBatcher(
+                    loaded.probabilities, policy.max_batch, policy.max_wait_s, policy.queue_size
+                )
             self.loads += 1
             self._models[model_id] = loaded
             while len(self._models) > self.size:
-                self._models.popitem(last=False)
+                _, evicted = self._models.popitem(last=False)
+                if evicted.batcher is not None:
+                    evicted.batcher.close()
             return loaded
 
 
@@ -110,18 +138,13 @@ def decode(data: bytes, filename: str, size: int, max_pixels: int | None = None)
 def predict(
     model: LoadedModel, images: list[np.ndarray], top_k: int
 ) -> list[list[tuple[str, float]]]:
-    """Top-k (label, probability) per image, one forward pass for the whole request."""
-    import torch
-
+    """Top-k (label, probability) per image; shares a forward pass with concurrent requests."""
     x = np.stack(images).astype(np.float32) / 255.0
     x = (x - model.mean) / model.std
-    batch = torch.from_numpy(x).to(model.device)
-    batch = batch.contiguous(memory_format=torch.channels_last)
+    probs = model.batcher.submit(x) if model.batcher is not None else model.probabilities(x)
     k = min(top_k, len(model.classes))
-    with model.lock, torch.inference_mode():
-        probs = torch.softmax(model.net(batch).float(), dim=1)
-        scores, idx = probs.topk(k, dim=1)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [
-        [(model.classes[i], float(s)) for s, i in zip(row_s, row_i, strict=True)]
-        for row_s, row_i in zip(scores.tolist(), idx.tolist(), strict=True)
+        [(model.classes[i], float(row[i])) for i in idx]
+        for row, idx in zip(probs, order, strict=True)
     ]

@@ -1,5 +1,6 @@
 """HTTP routes of models and backbones: parse, call one service function, return a schema."""
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
@@ -70,6 +71,7 @@ async def predict(
     settings: SettingsDep,
     cache: ModelCacheDep,
     tenant: TenantDep,
+    request: Request,
     files: Annotated[list[UploadFile], File(description="One or more images.")],
     top_k: Annotated[int, Query(ge=1, le=1000, description="Capped at the class count.")] = 5,
 ) -> PredictResponse:
@@ -80,6 +82,7 @@ async def predict(
             errors=[field_error("files", f"{len(files)} files sent")],
         )
     payload = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+    started = time.perf_counter()
     predictions = await run_in_threadpool(
         service.predict,
         session,
@@ -91,6 +94,7 @@ async def predict(
         top_k,
         settings.max_image_pixels,
     )
+    request.app.state.metrics.predict.observe(time.perf_counter() - started)
     return PredictResponse(model_id=model_id, predictions=predictions)
 
 

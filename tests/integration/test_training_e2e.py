@@ -129,3 +129,42 @@ def test_pretrained_partial_then_transfer_by_linear_probe(service: Service, tmp_
     body = [k for k in source if not k.startswith("fc.")]
     assert all(torch.equal(source[k], target[k]) for k in body)
     assert target["fc.weight"].shape == (5, 512)
+
+
+def _sse(client, job_id: str, **headers: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    events, current = [], {}
+    with client.stream(
+        "GET",
+        f"/v1/jobs/{job_id}/events",
+        headers={"Accept": "text/event-stream", **headers},
+        timeout=120,
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if "data" in current:
+                    events.append(current)
+                current = {}
+            elif not line.startswith(":"):
+                key, _, value = line.partition(":")
+                current[key] = value.strip()
+    return events
+
+
+def test_events_stream_live_and_resume(service: Service, digits10: Digits) -> None:
+    import json
+
+    client = service.client
+    dataset = upload(client, digits10.archive).raise_for_status().json()
+    job = client.post(
+        "/v1/jobs", json={"dataset_id": dataset["id"], "weights": None, "epochs": 2, **FAST}
+    ).json()
+    live = _sse(client, job["id"])  # returns once the terminal status event was sent
+    ids = [int(e["id"]) for e in live]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert json.loads(live[-1]["data"])["data"]["status"] == "succeeded"
+    assert [e["event"] for e in live].count("epoch") == 2
+    listed = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert [e["id"] for e in listed] == [e["id"] for e in live]
+    resumed = _sse(client, job["id"], **{"Last-Event-ID": live[2]["id"]})
+    assert [e["id"] for e in resumed] == [e["id"] for e in live[3:]]

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,17 @@ def test_api_starts_without_torch_or_worker() -> None:
     loaded = _imports_after("app.main")
     assert "torch" not in loaded and "torchvision" not in loaded
     assert not {m for m in loaded if m == "worker" or m.startswith("worker.")} - SHARED
+
+
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        ("app.datasets.archive", {"torch", "fastapi", "sqlalchemy"}),
+        ("worker.training.imaging", {"torch", "torchvision", "celery", "sqlalchemy"}),
+    ],
+)
+def test_pure_modules_stay_light(module: str, forbidden: set[str]) -> None:
+    assert not _imports_after(module) & forbidden
 
 
 def test_training_core_knows_nothing_of_celery_sql_http_or_settings() -> None:

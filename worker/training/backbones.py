@@ -59,6 +59,7 @@ class Freezing:
     frozen: list[nn.Module]
     trainable_blocks: int
     total_blocks: int
+    head: str = ""
 
     def set_train_mode(self, model: nn.Module) -> None:
         model.train()
@@ -96,7 +97,7 @@ def apply_strategy(model: nn.Module, head_name: str, spec: TrainSpec) -> Freezin
     """Set requires_grad per strategy and return the modules to keep in eval mode."""
     head = model.get_submodule(head_name)
     if spec.strategy == "full":
-        return Freezing(frozen=[], trainable_blocks=0, total_blocks=0)
+        return Freezing(frozen=[], trainable_blocks=0, total_blocks=0, head=head_name)
     blocks = _blocks(model, head)
     keep = 0 if spec.strategy == "linear_probe" else min(spec.trainable_layers, len(blocks))
     trainable = [*blocks[len(blocks) - keep :], head]
@@ -110,7 +111,7 @@ def apply_strategy(model: nn.Module, head_name: str, spec: TrainSpec) -> Freezin
         for m in model.modules()
         if m is not model and not any(_contains(t, m) or _contains(m, t) for t in trainable)
     ]
-    return Freezing(frozen=frozen, trainable_blocks=keep, total_blocks=len(blocks))
+    return Freezing(frozen=frozen, trainable_blocks=keep, total_blocks=len(blocks), head=head_name)
 
 
 def build_model(spec: TrainSpec) -> tuple[nn.Module, Freezing]:

@@ -1,5 +1,6 @@
 """Weights files: safetensors + string metadata, written atomically."""
 
+import hashlib
 import json
 import os
 import tempfile
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from worker.training.spec import TrainSpec
 
@@ -46,10 +47,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def save_weights(path: Path, state: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Save a state dict as a weights file of the contract."""
-    tensors = cpu_state_dict(state)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+def save_weights(
+    path: Path, state: Mapping[str, torch.Tensor], metadata: dict[str, str], *, copied: bool = False
+) -> str:
+    """Save a state dict as a weights file of the contract; return its SHA-256.
+
+    The file is serialised once in memory and hashed from there, so recording its checksum
+    costs no second read (`copied`: `state` is already a CPU snapshot).
+    """
+    tensors = dict(state) if copied else cpu_state_dict(state)
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -5,8 +5,11 @@ from typing import Any
 
 import torch
 
+from worker.training.batches import Batches, DeviceBatches
 from worker.training.checkpoint import cpu_state_dict
-from worker.training.data import DeviceBatches, ImageSet, TrainData
+from worker.training.data import ImageSet, TrainData
+from worker.training.evaluation import report
+from worker.training.features import use_cached_features
 from worker.training.resume import ResumeState, restore
 from worker.training.spec import TrainSpec
 from worker.training.trainer import Trainer, build_trainer, resolve_device
@@ -50,6 +53,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     test_metrics: dict[str, float] | None = None
     stopped_early: bool = False
+    evaluation: dict[str, Any] | None = None  # full report of the best weights (test, else val)
 
 
 def _is_better(metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:
@@ -92,6 +96,10 @@ def fit(
     if resume is not None:
         restore(trainer, resume)
         best_state, start = resume.best_model, resume.epoch + 1
+    train_on: Batches = train
+    val_on: Batches | None = val
+    if cached := use_cached_features(trainer, train, val):
+        train_on, val_on = cached
     callbacks.on_start(
         {
             "device": str(trainer.device),
@@ -103,6 +111,8 @@ def fit(
             "total_blocks": trainer.freezing.total_blocks,
             "micro_batch": trainer.micro_batch,
             "resumed_after_epoch": start - 1,
+            "cached_features": cached is not None,
+            "compiled": spec.compile,
         }
     )
     stopped_early = False
@@ -112,10 +122,10 @@ def fit(
             break
         metrics: dict[str, Any] = {
             "epoch": epoch,
-            **trainer.train_one_epoch(train, epoch, callbacks),
+            **trainer.train_one_epoch(train_on, epoch, callbacks),
         }
-        if val is not None:
-            metrics.update(trainer.evaluate(val, "val"))
+        if val_on is not None:
+            metrics.update(trainer.evaluate(val_on, "val"))
         best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else None
         if _is_better(metrics, best):
             trainer.best_epoch, best_state = epoch, cpu_state_dict(trainer.model.state_dict())
@@ -127,15 +137,25 @@ def fit(
             stopped_early = epoch < spec.epochs
             break
     assert best_state is not None and trainer.best_epoch
-    test_metrics = None
+    test_metrics, evaluation = None, None
     test = _batches(data.test, device, spec)
+    trainer.model.load_state_dict(best_state)
+    trainer.forward = trainer.net
     if test is not None:
-        trainer.model.load_state_dict(best_state)
         test_metrics = trainer.evaluate(test, "test")
+        evaluation = report(
+            trainer.last_confusion, spec.classes, "test", test_metrics["test_top5_accuracy"]
+        )
+    elif val is not None:
+        scored = trainer.evaluate(val, "val")
+        evaluation = report(
+            trainer.last_confusion, spec.classes, "val", scored["val_top5_accuracy"]
+        )
     return FitResult(
         best_epoch=trainer.best_epoch,
         best_metrics=trainer.history[trainer.best_epoch - 1],
         history=trainer.history,
         test_metrics=test_metrics,
         stopped_early=stopped_early,
+        evaluation=evaluation,
     )

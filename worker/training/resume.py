@@ -41,18 +41,30 @@ def _rng_states(trainer: Trainer) -> dict[str, torch.Tensor]:
     return states
 
 
-def save_state(path: Path, trainer: Trainer, epoch: int) -> None:
-    """Write the state after `epoch` atomically."""
+@dataclass
+class StateSnapshot:
+    """A copy of the resumable state, safe to write while training goes on."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+
+def snapshot(trainer: Trainer, epoch: int) -> StateSnapshot:
+    """Copy the state after `epoch` (tensors cloned to the CPU: training may continue)."""
     optim = trainer.optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, state in optim["state"].items():
         for name, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+                tensors[f"optimizer.{index}.{name}"] = (
+                    value.detach().to("cpu", copy=True).contiguous()
+                )
             else:
                 scalars.setdefault(str(index), {})[name] = value
-    tensors.update({k: v.cpu().contiguous() for k, v in _rng_states(trainer).items()})
+    tensors.update(
+        {k: v.to("cpu", copy=True).contiguous() for k, v in _rng_states(trainer).items()}
+    )
     meta = {
         "epoch": epoch,
         "history": trainer.history,
@@ -63,8 +75,17 @@ def save_state(path: Path, trainer: Trainer, epoch: int) -> None:
         "schedule": trainer.schedule.state_dict(),
         "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
     }
-    metadata = {"state": json.dumps(meta, default=float)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return StateSnapshot(tensors, {"state": json.dumps(meta, default=float)})
+
+
+def write_state(path: Path, snap: StateSnapshot) -> None:
+    """Write a snapshot atomically (temp file, fsync, rename)."""
+    atomic_write(path, lambda tmp: save_file(snap.tensors, str(tmp), metadata=snap.metadata))
+
+
+def save_state(path: Path, trainer: Trainer, epoch: int) -> None:
+    """Snapshot and write the state after `epoch`."""
+    write_state(path, snapshot(trainer, epoch))
 
 
 def load_state(path: Path, checkpoint: Callable[[int], Path]) -> ResumeState:

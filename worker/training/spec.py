@@ -45,6 +45,7 @@ class TrainSpec:
     early_stopping_patience: int | None = None
     mixed_precision: Literal["auto", "off"] = "auto"
     seed: int = 0
+    compile: bool = False
     device: str = "auto"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -2,6 +2,7 @@
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,8 @@ import torch
 from torch import nn
 
 from worker.training.backbones import Freezing, build_model
-from worker.training.data import DeviceBatches
+from worker.training.batches import Batches
+from worker.training.evaluation import confusion_update, macro_f1
 from worker.training.spec import TrainSpec
 
 if TYPE_CHECKING:
@@ -101,8 +103,11 @@ class Trainer:
     shuffle_gen: torch.Generator
     augment_gen: torch.Generator | None
     micro_batch: int
+    net: Callable[[torch.Tensor], Any]  # the model's forward, compiled when asked
+    forward: Callable[[torch.Tensor], Any]  # what batches go through: `net`, or the head alone
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
+    last_confusion: torch.Tensor | None = None
 
     def autocast(self) -> torch.autocast:
         """Mixed precision around forward and loss only (never the optimiser step)."""
@@ -116,7 +121,7 @@ class Trainer:
         for xs, ys in zip(x.split(self.micro_batch), y.split(self.micro_batch), strict=True):
             callbacks.on_batch(xs.shape[0])
             with self.autocast():
-                loss = _loss(self.model(xs), ys, self.criterion) * (ys.shape[0] / y.shape[0])
+                loss = _loss(self.forward(xs), ys, self.criterion) * (ys.shape[0] / y.shape[0])
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total += loss.detach()
         if self.scaler is not None:
@@ -128,7 +133,7 @@ class Trainer:
         return total
 
     def train_one_epoch(
-        self, batches: DeviceBatches, epoch: int, callbacks: "FitCallbacks"
+        self, batches: Batches, epoch: int, callbacks: "FitCallbacks"
     ) -> dict[str, float]:
         spec = self.spec
         self.freezing.set_train_mode(self.model)
@@ -157,25 +162,29 @@ class Trainer:
         }
 
     @torch.inference_mode()
-    def evaluate(self, batches: DeviceBatches, prefix: str) -> dict[str, float]:
+    def evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
+        """Loss, top-1/top-5 accuracy and macro F1; `self.last_confusion` keeps the matrix."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
         correct5 = torch.zeros((), device=self.device, dtype=torch.long)
-        k = min(5, self.spec.num_classes)
+        classes = self.spec.num_classes
+        confusion = torch.zeros((classes, classes), device=self.device, dtype=torch.long)
+        k = min(5, classes)
         for x, y in batches.iterate(max(self.spec.batch_size, 64)):
             with self.autocast():
-                logits = _logits(self.model(x))
+                logits = _logits(self.forward(x))
             logits = logits.float()
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
             top = logits.topk(k, dim=1).indices
-            correct += (top[:, 0] == y).sum()
+            confusion_update(confusion, y, top[:, 0])
             correct5 += (top == y[:, None]).any(dim=1).sum()
         n = max(1, len(batches))
+        self.last_confusion = confusion
         return {
             f"{prefix}_loss": loss_sum.item() / n,
-            f"{prefix}_accuracy": correct.item() / n,
+            f"{prefix}_accuracy": confusion.diagonal().sum().item() / n,
             f"{prefix}_top5_accuracy": correct5.item() / n,
+            f"{prefix}_macro_f1": macro_f1(confusion),
         }
 
 
@@ -192,8 +201,12 @@ def build_trainer(spec: TrainSpec, steps_per_epoch: int, micro_batch: int | None
     augment_gen = None
     if spec.augment:
         augment_gen = torch.Generator(device=device).manual_seed(spec.seed + 1)
+    # Compile the forward only: the module itself keeps its state_dict keys unprefixed.
+    net = torch.compile(model) if spec.compile else model
     return Trainer(
         spec=spec,
+        net=net,
+        forward=net,
         model=model,
         freezing=freezing,
         device=device,

@@ -5,13 +5,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from worker.training.data import (
-    DeviceBatches,
-    ImageSet,
-    cached_images,
-    random_resized_flip,
-    stratified_split,
-)
+from worker.training.batches import DeviceBatches, FeatureBatches, random_resized_flip
+from worker.training.data import ImageSet, cached_images, stratified_split
 
 
 def _draw(path: Path, color: tuple[int, int, int], mode: str = "RGB", size=(40, 20)) -> Path:  # type: ignore[no-untyped-def]
@@ -25,12 +20,13 @@ def test_images_are_decoded_once_and_cached(tmp_path: Path) -> None:
         _draw(tmp_path / "b.png", (0, 0, 255), mode="L"),
         _draw(tmp_path / "c.png", (0, 255, 0), mode="P"),
     ]
-    cache = tmp_path / "cache" / "8.safetensors"
+    cache = tmp_path / "cache" / "8.npy"
     images = cached_images(cache, paths, 8, threads=2)
     assert images.shape == (3, 3, 8, 8) and images.dtype == torch.uint8
     assert images[0, :, 0, 0].tolist() == [255, 0, 0]
     assert images[1, 0, 0, 0] == images[1, 1, 0, 0] == images[1, 2, 0, 0]  # grey → RGB
-    assert cache.exists()
+    assert len(list((tmp_path / "cache").glob("8-d*.npy"))) == 1  # named by the decoder version
+    assert not list((tmp_path / "cache").glob(".*tmp"))
     for p in paths:
         p.unlink()  # a second call must not need the files any more
     assert torch.equal(cached_images(cache, paths, 8), images)
@@ -68,3 +64,40 @@ def test_augmentation_is_batched_and_seeded() -> None:
     a = random_resized_flip(x, torch.Generator().manual_seed(1))
     b = random_resized_flip(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_subsets_index_without_copying_pixels() -> None:
+    images = torch.arange(6 * 3 * 2 * 2, dtype=torch.uint8).view(6, 3, 2, 2)
+    full = ImageSet(images, torch.tensor([0, 1, 0, 1, 0, 1]))
+    odd = full.subset(torch.tensor([1, 3, 5]))
+    last_two = odd.subset(torch.tensor([1, 2]))
+    assert last_two.images is images and last_two.rows().tolist() == [3, 5]
+    assert last_two.set_labels().tolist() == [1, 1] and len(last_two) == 2
+    batches = DeviceBatches(last_two, torch.device("cpu"), mean=(0, 0, 0), std=(1 / 255,) * 3)
+    ((x, y),) = list(batches.iterate(8))
+    assert torch.equal(x, images[[3, 5]].float()) and y.tolist() == [1, 1]
+
+
+def test_feature_batches_shuffle_features_and_labels_together() -> None:
+    features = torch.arange(10.0).view(10, 1)
+    batches = FeatureBatches(features, torch.arange(10))
+    seen = list(
+        batches.iterate(4, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
+    )
+    assert len(seen) == 2
+    for x, y in seen:
+        assert torch.equal(x.flatten().long(), y)
+
+
+def test_cached_images_are_memory_mapped_not_loaded(tmp_path: Path) -> None:
+    paths = [_draw(tmp_path / f"{i}.png", (i, 0, 0)) for i in range(4)]
+    images = cached_images(tmp_path / "cache" / "8.npy", paths, 8, threads=2)
+    (cache,) = (tmp_path / "cache").glob("8-d*.npy")
+    pointer = images.data_ptr()
+    mapped = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == str(cache):
+            start, end = (int(v, 16) for v in fields[0].split("-"))
+            mapped.append(start <= pointer < end)
+    assert any(mapped), "the image tensor must live in the file mapping, not in a heap copy"

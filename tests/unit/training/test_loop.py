@@ -145,3 +145,68 @@ def test_mixed_precision_policy() -> None:
     assert resolve_amp("off", torch.device("cpu")) is None
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert resolve_amp("auto", torch.device("cpu")) == (torch.bfloat16 if native else None)
+
+
+def test_linear_probe_on_cached_features_matches_the_full_forward(digits_data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import worker.training.loop as loop
+
+    small_data = digits_data  # many batches: features must stay aligned with their labels
+    s = spec(strategy="linear_probe", epochs=2, mixed_precision="off")
+    cached_rec = Recorder()
+    cached = fit(s, small_data, cached_rec)
+    assert cached_rec.info["cached_features"] is True
+    monkeypatch.setattr(loop, "use_cached_features", lambda *_: None)
+    full_rec = Recorder()
+    full = fit(s, small_data, full_rec)
+    assert full_rec.info["cached_features"] is False
+    for a, b in zip(cached.history, full.history, strict=True):
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    head_cached, head_full = (
+        cached_rec.epochs[-1][2]["fc.weight"],
+        full_rec.epochs[-1][2]["fc.weight"],
+    )
+    assert torch.allclose(head_cached, head_full, atol=1e-6)
+
+
+def test_compiled_forward_trains_and_keeps_plain_state_dict_keys(small_data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import functools
+
+    # The eager backend traces with dynamo like inductor does, without minutes of codegen.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    rec = Recorder()
+    result = fit(spec(epochs=1, compile=True), small_data, rec)
+    assert rec.info["compiled"] is True and result.history[0]["train_loss"] > 0
+    assert "fc.weight" in rec.epochs[0][2] and not any(
+        k.startswith("_orig_mod") for k in rec.epochs[0][2]
+    )
+
+
+def test_the_best_weights_get_a_full_evaluation_report(small_data) -> None:  # type: ignore[no-untyped-def]
+    result = fit(spec(epochs=2), small_data, Recorder())
+    report = result.evaluation
+    assert report is not None and report["split"] == "val"
+    matrix = report["confusion_matrix"]
+    assert len(matrix) == 10 and sum(map(sum, matrix)) == len(small_data.val)
+    assert report["accuracy"] == pytest.approx(result.best_metrics["val_accuracy"])
+    support = {c: v["support"] for c, v in report["per_class"].items()}
+    assert sum(support.values()) == len(small_data.val)
+    for scores in report["per_class"].values():
+        assert 0 <= scores["precision"] <= 1 and 0 <= scores["recall"] <= 1
+    assert 0 <= result.history[-1]["val_macro_f1"] <= 1
+
+
+def test_per_class_scores_match_a_hand_count() -> None:
+    from worker.training.evaluation import confusion_update, report
+
+    confusion = torch.zeros((3, 3), dtype=torch.long)
+    confusion_update(confusion, torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 1, 1, 2, 0]))
+    assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    out = report(confusion, ["a", "b", "c"], "test", top5=1.0)
+    assert out["per_class"]["b"] == {
+        "precision": pytest.approx(2 / 3),
+        "recall": 1.0,
+        "f1": pytest.approx(0.8),
+        "support": 2,
+    }
+    assert out["accuracy"] == pytest.approx(4 / 6)

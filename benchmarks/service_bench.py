@@ -1,0 +1,276 @@
+"""Benchmarks through the running service: overhead, dispatch latency, API under load, predict.
+
+The service runs as `finetune up` (SQLite + embedded broker) or as API + worker processes on
+the local Postgres and Redis, exactly as users run it.
+"""
+
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+
+from app.core.config import Settings
+from app.core.storage import get_storage
+from benchmarks.common import digits_imagefolder, peak_rss_mib
+from tests.support.client import upload, wait_job
+from tests.support.images import write_zip
+from tests.support.processes import free_port, running, service_env, wait_http, wait_log
+from worker.jobspec import load_data
+from worker.training.loop import fit
+from worker.training.spec import TrainSpec
+
+FAST_ENV = {"progress_interval_s": "2"}
+
+
+@contextmanager
+def embedded(root: Path, **settings: str) -> Iterator[httpx.Client]:
+    root.mkdir(parents=True, exist_ok=True)
+    env = service_env(data_dir=str(root / "var"), **{**FAST_ENV, **settings})
+    port = free_port()
+    with running(["up", "--port", str(port)], env, root / "up.log") as proc:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, root / "up.log", timeout=120)
+        wait_log(root / "up.log", "ready.", proc)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            yield client
+
+
+@contextmanager
+def api_only(root: Path, **settings: str) -> Iterator[httpx.Client]:
+    root.mkdir(parents=True, exist_ok=True)
+    env = service_env(data_dir=str(root / "var"), **settings)
+    port = free_port()
+    with running(["api", "--port", str(port)], env, root / "api.log") as proc:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, root / "api.log", timeout=120)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            yield client
+
+
+@contextmanager
+def with_redis(root: Path, database_url: str, redis_url: str) -> Iterator[httpx.Client]:
+    root.mkdir(parents=True, exist_ok=True)
+    env = service_env(
+        data_dir=str(root / "var"),
+        database_url=database_url,
+        broker_url=redis_url,
+        queue_name=f"bench-{root.name}",
+        **FAST_ENV,
+    )
+    port = free_port()
+    with (
+        running(["worker"], env, root / "worker.log") as worker,
+        running(["api", "--port", str(port)], env, root / "api.log") as api,
+    ):
+        wait_log(root / "worker.log", "ready.", worker, timeout=120)
+        wait_http(f"http://127.0.0.1:{port}/readyz", api, root / "api.log", timeout=120)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            yield client
+
+
+def _archive(workdir: Path, size: int, per_class: int | None) -> Path:
+    data = digits_imagefolder(workdir / f"imgs{size}", size, per_class)
+    members = {
+        str(p.relative_to(data.root / "train")): p.read_bytes()
+        for p in (data.root / "train").rglob("*.png")
+    }
+    return write_zip(workdir / f"digits{size}.zip", members)
+
+
+def _events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    return client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+
+
+def _dispatch_seconds(client: httpx.Client, job_id: str) -> float:
+    events = _events(client, job_id)
+    queued = next(e for e in events if e["data"].get("status") == "queued")
+    running_ = next(e for e in events if e["data"].get("status") == "running")
+    return (
+        datetime.fromisoformat(running_["created_at"])
+        - datetime.fromisoformat(queued["created_at"])
+    ).total_seconds()
+
+
+def _dispatch(
+    client: httpx.Client, dataset: dict[str, Any], spec: dict[str, Any], jobs: int, broker: str
+) -> dict[str, Any]:
+    """POST → running of `jobs` one-epoch jobs submitted to an idle worker, one at a time."""
+    seconds = []
+    for _ in range(jobs):
+        body = {"dataset_id": dataset["id"], **spec, "epochs": 1}
+        job = client.post("/v1/jobs", json=body).raise_for_status().json()
+        wait_job(client, job["id"], timeout=600)
+        seconds.append(_dispatch_seconds(client, job["id"]))
+    return {
+        "benchmark": "dispatch latency",
+        "setting": f"POST → running, {broker}",
+        "p50 ms": statistics.median(seconds) * 1000,
+        "max ms": max(seconds) * 1000,
+    }
+
+
+def _core_seconds(data_dir: Path, dataset: dict[str, Any], spec_body: dict[str, Any]) -> float:
+    """The training core alone on the same stored dataset: decode + split + fit."""
+    settings = Settings(data_dir=data_dir / "core")
+    storage = get_storage(str(data_dir / "var" / "artifacts"))
+    row = SimpleNamespace(
+        id=dataset["id"], classes=dataset["classes"], storage_key=f"datasets/{dataset['id']}"
+    )
+    keys = (
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "optimizer",
+        "image_size",
+        "augment",
+        "lr_schedule",
+    )
+    spec = TrainSpec(
+        backbone="resnet18",
+        classes=tuple(dataset["classes"]),
+        **{k: spec_body[k] for k in keys if k in spec_body},
+    )
+    start = time.perf_counter()
+    fit(spec, load_data(settings, storage, row, spec, 0.2))  # type: ignore[arg-type]
+    return time.perf_counter() - start
+
+
+def _hammer(client: httpx.Client, path: str, seconds: float, threads: int) -> dict[str, float]:
+    latencies: list[float] = []
+    stop = time.monotonic() + seconds
+
+    def loop() -> None:
+        with httpx.Client(base_url=client.base_url, timeout=30) as own:
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                own.get(path).raise_for_status()
+                latencies.append(time.perf_counter() - t)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    q = statistics.quantiles(latencies, n=100)
+    return {"p50 ms": q[49] * 1000, "p99 ms": q[98] * 1000, "req/s": len(latencies) / seconds}
+
+
+def _predict_load(
+    client: httpx.Client, model_id: str, png: bytes, clients: int, per_client: int
+) -> dict[str, float]:
+    latencies: list[float] = []
+
+    def loop() -> None:
+        with httpx.Client(base_url=client.base_url, timeout=60) as own:
+            for _ in range(per_client):
+                t = time.perf_counter()
+                own.post(
+                    f"/v1/models/{model_id}/predict", files={"files": ("x.png", png)}
+                ).raise_for_status()
+                latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=loop) for _ in range(clients)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100)
+    return {"req/s": len(latencies) / wall, "p50 ms": q[49] * 1000, "p99 ms": q[98] * 1000}
+
+
+def run(
+    workdir: Path, tiny: bool, database_url: str | None = None, redis_url: str | None = None
+) -> list[dict[str, Any]]:
+    size, per_class, epochs = (16, 12, 1) if tiny else (32, None, 10)
+    archive = _archive(workdir, size, per_class)
+    spec = {
+        "weights": None,
+        "epochs": epochs,
+        "image_size": size,
+        "augment": False,
+        "batch_size": 100,
+        "learning_rate": 0.01,
+        "optimizer": "sgd",
+        "lr_schedule": "constant",
+    }
+    rows: list[dict[str, Any]] = []
+    root = workdir / "embedded"
+    with embedded(root) as client:
+        dataset = upload(client, archive).raise_for_status().json()
+        start = time.perf_counter()
+        job = (
+            client.post("/v1/jobs", json={"dataset_id": dataset["id"], **spec})
+            .raise_for_status()
+            .json()
+        )
+        job = wait_job(client, job["id"], timeout=1800)
+        wall = time.perf_counter() - start
+        core = _core_seconds(root, dataset, spec)
+        rows.append(
+            {
+                "benchmark": "service overhead",
+                "setting": f"resnet18 {size}px ×{epochs} ep, embedded",
+                "reference s": core,
+                "service s": wall,
+                "ratio": wall / core,
+            }
+        )
+        rows.append(_dispatch(client, dataset, spec, 3 if tiny else 5, "embedded broker"))
+        idle = _hammer(client, f"/v1/jobs/{job['id']}", 2 if tiny else 8, 8)
+        long = client.post(
+            "/v1/jobs", json={"dataset_id": dataset["id"], **spec, "epochs": 1000, "image_size": 64}
+        ).json()
+        wait_job(client, long["id"], until={"running"}, timeout=120)
+        time.sleep(2)
+        busy = _hammer(client, f"/v1/jobs/{long['id']}", 2 if tiny else 10, 8)
+        client.post(f"/v1/jobs/{long['id']}/cancel")
+        wait_job(client, long["id"], timeout=60)
+        rows.append(
+            {
+                "benchmark": "GET /v1/jobs/{id} while training",
+                "setting": "8 clients, same 2 cores",
+                **busy,
+                "idle p99 ms": idle["p99 ms"],
+            }
+        )
+        # Predict with a model at a realistic input size, where the forward pass matters.
+        predict_size = size if tiny else 128
+        served = client.post(
+            "/v1/jobs",
+            json={"dataset_id": dataset["id"], **spec, "epochs": 1, "image_size": predict_size},
+        ).json()
+        model_id = wait_job(client, served["id"], timeout=900)["model_id"]
+        png = (archive.parent / f"imgs{size}" / "test").rglob("*.png").__next__().read_bytes()
+    for row in rows:  # the largest process of the service tree (waited for, so counted)
+        row["peak RSS MiB"] = peak_rss_mib()
+    results = {}
+    for batching in ("true", "false"):
+        with api_only(root, predict_batching=batching) as client:
+            client.post(
+                f"/v1/models/{model_id}/predict", files={"files": ("x.png", png)}
+            ).raise_for_status()
+            results[batching] = _predict_load(client, model_id, png, 32, 3 if tiny else 25)
+    rows.append(
+        {
+            "benchmark": "predict, 32 concurrent clients",
+            "setting": f"{predict_size}px model, micro-batching vs one forward each",
+            "reference req/s": results["false"]["req/s"],
+            "service req/s": results["true"]["req/s"],
+            "ratio": results["true"]["req/s"] / results["false"]["req/s"],
+            "p50 ms": results["true"]["p50 ms"],
+            "p99 ms": results["true"]["p99 ms"],
+            "reference p99 ms": results["false"]["p99 ms"],
+        }
+    )
+    if database_url and redis_url:
+        with with_redis(workdir / "redis", database_url, redis_url) as client:
+            dataset = upload(client, archive).raise_for_status().json()
+            rows.append(_dispatch(client, dataset, spec, 3 if tiny else 5, "Redis + Postgres"))
+    return rows

@@ -1,0 +1,35 @@
+"""The benchmark scripts run end to end on their tiny setting (figures are not asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def test_benchmarks_run_on_the_tiny_setting(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    names = {row["benchmark"] for row in results["rows"]}
+    assert {
+        "training throughput",
+        "linear probe epoch",
+        "service overhead",
+        "dispatch latency",
+        "GET /v1/jobs/{id} while training",
+        "predict, 32 concurrent clients",
+    } <= names
+    assert all(row.get("ratio", 1) > 0 for row in results["rows"])
+    assert "| benchmark |" in done.stdout and results["machine"]["torch"]
