@@ -33,7 +33,7 @@ lint: install
 
 # Side-by-side figures (minutes on a CPU); writes benchmarks/results.json.
 bench: install
-	$(PY) -m benchmarks.run --out benchmarks/results.json
+	$(PY) -m benchmarks.run --out benchmarks/results.json --results-md benchmarks/RESULTS.md
 
 # Needs the vulnerability database (PyPI's per-release JSON or OSV) reachable.
 audit: install

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="smallest settings (the test suite's)")
     parser.add_argument("--only", choices=BENCHES, action="append")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--results-md", type=Path, default=None, help="also write RESULTS.md here")
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="finetune-bench-") as tmp:
@@ -72,8 +73,67 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 with bench_database() as database_url:
                     rows += service_bench.run(work, args.tiny, database_url, database_url and REDIS)
+            # Partial results survive a later benchmark's failure.
+            write_json(args.out, {"machine": machine(), "tiny": args.tiny, "rows": rows})
     print(table(rows, columns(rows)))
-    write_json(args.out, {"machine": machine(), "tiny": args.tiny, "rows": rows})
+    info = machine()
+    write_json(args.out, {"machine": info, "tiny": args.tiny, "rows": rows})
+    if args.results_md:
+        args.results_md.write_text(results_markdown(info, rows))
+
+
+TARGETS = [
+    # (benchmark, setting contains, column, comparison, target, what the issue asks)
+    ("training throughput", "32px", "ratio", ">=", 1.3, "≥1.3× the textbook loop at 32 px"),
+    ("training throughput", "224px", "ratio", ">=", 3.5, "≥3.5× the textbook loop at 224 px"),
+    ("service overhead", "", "ratio", "<=", 1.10, "job wall time ≤1.10× the core's time"),
+    (
+        "linear probe epoch",
+        "",
+        "ratio",
+        "<=",
+        0.10,
+        "cached-feature epoch ≤0.1× a full forward epoch",
+    ),
+    (
+        "predict, 32 concurrent clients",
+        "",
+        "ratio",
+        ">=",
+        3.0,
+        "micro-batching ≥3× one forward each",
+    ),
+    ("GET /v1/jobs/{id} while training", "", "p99 ms", "<=", 50.0, "p99 <50 ms while a job trains"),
+]
+
+
+def results_markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """RESULTS.md: the machine, the whole table, and each target met or missed."""
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Last full run of `make bench`: {info['date']}, {info['cpu']} "
+        f"({info['threads']} threads), GPU: {info['gpu'] or 'none'}, "
+        f"Python {info['python']}, torch {info['torch']}.",
+        "Every figure below was measured in that one run, side by side; `ratio` = service ÷ "
+        "reference. The raw numbers are in `results.json`.",
+        "",
+        table(rows, columns(rows)),
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for bench, setting, column, op, target, text in TARGETS:
+        row = next((r for r in rows if r["benchmark"] == bench and setting in r["setting"]), None)
+        if row is None or row.get(column) is None:
+            lines.append(f"| {text} | not measured here | |")
+            continue
+        value = row[column]
+        met = value >= target if op == ">=" else value <= target
+        lines.append(f"| {text} | {value:.3g} | {'yes' if met else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

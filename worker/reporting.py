@@ -60,6 +60,7 @@ class DatabaseReporter(FitCallbacks):
         self._last_progress = self._last_cancel_check = 0.0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future[None] | None = None
+        self._board: Any = None
 
     def _fenced(self, session: Session, **values: Any) -> None:
         """Update the job row if this attempt still owns it, else stop the attempt."""
@@ -139,6 +140,8 @@ class DatabaseReporter(FitCallbacks):
             self._wait_pending()
         finally:
             self._writer.shutdown(wait=True)
+            if self._board is not None:
+                self._board.close()
 
     def _persist(
         self, epoch: int, metrics: dict[str, Any], weights: dict[str, Any], state: StateSnapshot
@@ -205,3 +208,18 @@ class DatabaseReporter(FitCallbacks):
             raise
         for old in stale:  # only the latest epoch's optimiser state is needed to resume
             self.storage.delete(old)
+        self._tensorboard(epoch, metrics)
+
+    def _tensorboard(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Epoch scalars as TensorBoard event files among the job's artifacts."""
+        if self._board is None:
+            from tensorboardX import SummaryWriter
+
+            logdir = self.storage.path(f"jobs/{self.job_id}/tensorboard")
+            self._board = SummaryWriter(
+                logdir=str(logdir), filename_suffix=f".a{self.lease.attempt}"
+            )
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and name != "epoch":
+                self._board.add_scalar(name.replace("_", "/", 1), value, epoch)
+        self._board.flush()

@@ -1,7 +1,7 @@
 """HTTP routes of models and backbones: parse, call one service function, return a schema."""
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -50,8 +50,25 @@ def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelRea
     summary="Download the model's weights file (ETag = sha256)",
 )
 def download_model(
-    model_id: str, request: Request, session: SessionDep, storage: StorageDep, tenant: TenantDep
+    model_id: str,
+    request: Request,
+    session: SessionDep,
+    storage: StorageDep,
+    tenant: TenantDep,
+    format: Annotated[
+        Literal["safetensors", "onnx", "torchscript"],
+        Query(
+            description="onnx and torchscript are made on first request and checked against "
+            "the torch model on sample inputs (see the model's `exports`)."
+        ),
+    ] = "safetensors",
 ) -> Response:
+    if format != "safetensors":
+        row, record = service.export(session, storage, tenant, model_id, format)
+        suffix = "onnx" if format == "onnx" else "pt"
+        return weights_file_response(
+            request, storage, record["storage_key"], record["sha256"], f"{row.id}.{suffix}"
+        )
     row = service.get(session, tenant, model_id)
     return weights_file_response(
         request, storage, row.storage_key, row.sha256, f"{row.id}.safetensors"

@@ -17,6 +17,10 @@ class ModelRead(BaseModel):
     classes: list[str] = Field(examples=[["daisy", "rose"]])
     image_size: int = Field(examples=[224])
     metrics: dict[str, Any]
+    exports: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Made exports: format → sha256, size and the checked max abs difference.",
+    )
     created_at: datetime
 
 

@@ -8,6 +8,7 @@ from app.core.errors import Invalid, NotFound, field_error
 from app.core.models import Model
 from app.core.storage import LocalStorage
 from app.models import inference
+from app.models.export import ensure_export
 
 
 def get(session: Session, tenant: str, model_id: str) -> Model:
@@ -59,3 +60,15 @@ def predict(
         }
         for (name, _), ranked in zip(files, results, strict=True)
     ]
+
+
+def export(
+    session: Session, storage: LocalStorage, tenant: str, model_id: str, fmt: str
+) -> tuple[Model, dict]:
+    """The checked export of a model (made on first request); records it on the model."""
+    row = get(session, tenant, model_id)
+    record = ensure_export(row, storage, fmt)
+    if row.exports.get(fmt) != record:
+        row.exports = {**row.exports, fmt: record}
+        session.commit()
+    return row, record

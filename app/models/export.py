@@ -1,0 +1,118 @@
+"""Model exports: ONNX (torch.onnx, dynamo) and TorchScript, each checked at creation.
+
+An export is made on first request and kept next to the weights. Before it is served, its
+outputs on sample inputs are compared with the torch model's (onnxruntime for ONNX,
+torch.jit.load for TorchScript); the largest difference is recorded on the model and an
+export that disagrees beyond the tolerance is refused. Labels and preprocessing travel
+inside the file (ONNX metadata, TorchScript extra file `labels.json`).
+"""
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import AppError, Invalid
+from app.core.models import Model, utcnow
+from app.core.storage import LocalStorage, sha256_file
+
+FORMATS = {"onnx": "onnx", "torchscript": "pt"}
+TOLERANCE = 1e-3
+_lock = threading.Lock()  # exports are CPU-heavy: one at a time per API process
+
+
+class ExportFailed(AppError):
+    status = 500
+    title = "Export failed"
+    code = "export_failed"
+
+
+def describe(model: Model) -> dict[str, Any]:
+    """What a user needs besides the network: labels and preprocessing."""
+    return {
+        "classes": model.classes,
+        "image_size": model.image_size,
+        "backbone": model.backbone,
+        "preprocessing": "RGB, resize to image_size², scale to [0, 1], normalise with mean/std",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+
+
+def _torch_model(path: Path, model: Model):  # type: ignore[no-untyped-def]
+    from safetensors.torch import load_file
+    from torchvision import models
+
+    net = models.get_model(model.backbone, weights=None, num_classes=len(model.classes))
+    net.load_state_dict(load_file(str(path)), strict=True)
+    return net.eval()
+
+
+def _write_onnx(net: Any, sample: Any, out: Path, info: dict[str, Any]) -> Any:
+    import onnxruntime
+    import torch
+
+    program = torch.onnx.export(
+        net,
+        (sample,),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    program.model.metadata_props.update({"labels.json": json.dumps(info)})
+    program.save(str(out))
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"image": x.numpy()})[0]
+
+
+def _write_torchscript(net: Any, sample: Any, out: Path, info: dict[str, Any]) -> Any:
+    import torch
+
+    traced = torch.jit.trace(net, sample)
+    torch.jit.save(traced, str(out), _extra_files={"labels.json": json.dumps(info)})
+    loaded = torch.jit.load(str(out))
+    return lambda x: loaded(x).detach().numpy()
+
+
+def ensure_export(model: Model, storage: LocalStorage, fmt: str) -> dict[str, Any]:
+    """The checked export of `model` in `fmt`, made now if it does not exist yet."""
+    if fmt not in FORMATS:
+        raise Invalid(
+            f"unknown format {fmt!r}; one of safetensors, onnx, torchscript", code="format_unknown"
+        )
+    with _lock:
+        if fmt in model.exports and storage.exists(model.exports[fmt]["storage_key"]):
+            return model.exports[fmt]
+        import torch
+
+        net = _torch_model(storage.path(model.storage_key), model)
+        key = f"models/{model.id}/model.{FORMATS[fmt]}"
+        out = storage.path(key)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        size = model.image_size
+        sample = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        writer = _write_onnx if fmt == "onnx" else _write_torchscript
+        try:
+            run = writer(net, sample, out, describe(model))
+            probe = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+            with torch.inference_mode():
+                expected = net(probe).numpy()
+            diff = float(np.abs(run(probe) - expected).max())
+        except Exception as exc:
+            storage.delete(key)
+            raise ExportFailed(f"{fmt} export failed: {type(exc).__name__}: {exc}"[:500]) from exc
+        if diff > TOLERANCE:
+            storage.delete(key)
+            raise ExportFailed(f"{fmt} export differs from the torch model by {diff:.2e}")
+        record = {
+            "storage_key": key,
+            "sha256": sha256_file(out),
+            "size_bytes": out.stat().st_size,
+            "max_abs_diff": diff,
+            "tolerance": TOLERANCE,
+            "checked_at": utcnow().isoformat(),
+        }
+        return record
