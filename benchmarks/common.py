@@ -4,8 +4,6 @@ import json
 import platform
 import resource
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,14 +40,6 @@ def digits_imagefolder(
                 )
                 img.convert("RGB").save(folder / f"{i}.png")
     return ImageFolderData(root, classes)
-
-
-@contextmanager
-def timed() -> Iterator[dict[str, float]]:
-    out: dict[str, float] = {}
-    start = time.perf_counter()
-    yield out
-    out["seconds"] = time.perf_counter() - start
 
 
 def peak_rss_mib() -> float:
@@ -98,6 +88,3 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
-
-
-Bench = Callable[[Path, bool], list[dict[str, Any]]]

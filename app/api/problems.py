@@ -142,15 +142,9 @@ class CatchUnhandled:
             await response(scope, receive, send)
 
 
-# Every route documents these alongside its own responses.
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    422: {"model": Problem, "description": "Invalid request (names the field or file)"},
-}
-
-
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the given problem statuses plus 422."""
-    out = dict(PROBLEM_RESPONSES)
-    for status in statuses:
-        out[status] = {"model": Problem, "description": HTTPStatus(status).phrase}
-    return out
+    """OpenAPI `responses` for a route's own problem statuses (app.api.openapi adds the
+    ones every route shares: 401, 413, 422, 429, 500)."""
+    return {
+        status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses
+    }

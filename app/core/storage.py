@@ -8,7 +8,6 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import BinaryIO
 
 
 class LocalStorage:
@@ -24,26 +23,14 @@ class LocalStorage:
             raise ValueError(f"storage key escapes the root: {key!r}")
         return path
 
-    def put_file(self, src: Path, key: str) -> None:
-        """Move a finished file into place atomically (same filesystem: a rename)."""
-        dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(src, dest)
-
     def put_dir(self, src: Path, key: str) -> None:
         """Move a finished directory into place."""
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(src, dest)
 
-    def open(self, key: str) -> BinaryIO:
-        return self.path(key).open("rb")
-
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
-
-    def size(self, key: str) -> int:
-        return self.path(key).stat().st_size
 
     def delete(self, key: str) -> None:
         """Remove a file or a whole directory; missing keys are fine."""

@@ -20,13 +20,26 @@ class Batches:
         n = len(self)
         return max(1, n // batch_size) if drop_last else -(-n // batch_size)
 
-    def _orders(
-        self, batch_size: int, shuffle: bool, drop_last: bool, generator: torch.Generator | None
-    ) -> Iterator[torch.Tensor]:
+    def iterate(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        augment: torch.Generator | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (inputs, labels); `augment` is the device RNG, None for no augmentation."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for step in range(self.steps(batch_size, drop_last)):
-            yield order[step * batch_size : (step + 1) * batch_size]
+            yield self._batch(order[step * batch_size : (step + 1) * batch_size], augment)
+
+    def _batch(
+        self, pos: torch.Tensor, augment: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of these positions (0-based within the set)."""
+        raise NotImplementedError
 
 
 class DeviceBatches(Batches):
@@ -55,25 +68,17 @@ class DeviceBatches(Batches):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
 
-    def iterate(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        generator: torch.Generator | None = None,
-        augment: torch.Generator | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (float images, labels); `augment` is the device RNG, None for no augmentation."""
-        for pos in self._orders(batch_size, shuffle, drop_last, generator):
-            x = self.images.index_select(0, self.rows[pos.to(self.rows.device)])
-            if x.device != self.device:
-                x = x.pin_memory().to(self.device, non_blocking=True)
-            x = x.float()
-            if augment is not None:
-                x = random_resized_flip(x, augment)
-            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-            yield x, self.labels.index_select(0, pos.to(self.labels.device))
+    def _batch(
+        self, pos: torch.Tensor, augment: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images.index_select(0, self.rows[pos.to(self.rows.device)])
+        if x.device != self.device:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.float()
+        if augment is not None:
+            x = random_resized_flip(x, augment)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return x, self.labels.index_select(0, pos.to(self.labels.device))
 
 
 class FeatureBatches(Batches):
@@ -82,18 +87,11 @@ class FeatureBatches(Batches):
     def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         self.features, self.labels = features, labels
 
-    def iterate(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        generator: torch.Generator | None = None,
-        augment: torch.Generator | None = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for pos in self._orders(batch_size, shuffle, drop_last, generator):
-            pos = pos.to(self.features.device)
-            yield self.features.index_select(0, pos), self.labels.index_select(0, pos)
+    def _batch(
+        self, pos: torch.Tensor, augment: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = pos.to(self.features.device)
+        return self.features.index_select(0, pos), self.labels.index_select(0, pos)
 
 
 def random_resized_flip(
