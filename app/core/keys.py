@@ -7,12 +7,15 @@ force that a slow password hash would protect.
 import hashlib
 import hmac
 import secrets
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.core.ids import new_id
 from app.core.models import ApiKey, Tenant, utcnow
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def _hash(key: str) -> str:
@@ -42,6 +45,10 @@ def tenant_for_key(session: Session, key: str) -> str | None:
     )
     if row is None or not hmac.compare_digest(row.key_hash, _hash(key)):
         return None
-    session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=utcnow()))
-    session.commit()
+    now = utcnow()
+    # A write per request would contend with the workers' writes (SQLite has one writer):
+    # last use is recorded to the minute.
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        session.commit()
     return row.tenant_id

@@ -4,7 +4,6 @@ import hashlib
 import json
 import logging
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -86,12 +85,11 @@ def get(session: Session, tenant: str, job_id: str) -> Job:
     return job
 
 
-def _count(session: Session, *where: Any) -> int:
-    return session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
-
-
 def queue_info(session: Session, settings: Settings, jobs: list[Job]) -> dict[str, dict]:
-    """Why each queued job in `jobs` waits: its place in line, live workers, its tenant's cap."""
+    """Why each queued job in `jobs` waits: its place in line, live workers, its tenant's cap.
+
+    Three queries whatever the number of jobs (list pages show up to 200).
+    """
     waiting = [j for j in jobs if j.status == JobStatus.queued]
     if not waiting:
         return {}
@@ -99,15 +97,26 @@ def queue_info(session: Session, settings: Settings, jobs: list[Job]) -> dict[st
     alive = session.scalar(
         select(func.count()).select_from(Worker).where(Worker.last_seen_at >= alive_since)
     )
+    line = session.scalars(
+        select(Job.id).where(Job.status == JobStatus.queued, Job.id <= max(j.id for j in waiting))
+    ).all()
+    position = {job_id: i + 1 for i, job_id in enumerate(sorted(line))}
+    tenants = {j.tenant_id for j in waiting}
+    rows = session.execute(
+        select(Job.tenant_id, func.count())
+        .where(Job.status == JobStatus.running, Job.tenant_id.in_(tenants))
+        .group_by(Job.tenant_id)
+    ).all()
+    running = {tenant: count for tenant, count in rows}
     cap = settings.max_running_jobs_per_tenant
     out = {}
     for job in waiting:
-        ahead = _count(session, Job.status == JobStatus.queued, Job.id < job.id)
-        running = _count(session, Job.tenant_id == job.tenant_id, Job.status == JobStatus.running)
+        ahead = position.get(job.id, 1) - 1
+        busy = running.get(job.tenant_id, 0)
         if not alive:
             reason = "no worker is alive: start one with `finetune worker`"
-        elif running >= cap:
-            reason = f"this tenant already runs {running} jobs, its limit is {cap}"
+        elif busy >= cap:
+            reason = f"this tenant already runs {busy} jobs, its limit is {cap}"
         else:
             reason = f"waiting for a free worker ({ahead} job{'s' if ahead != 1 else ''} ahead)"
         out[job.id] = {"position": ahead + 1, "workers_alive": alive, "reason": reason}

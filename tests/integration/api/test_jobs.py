@@ -123,6 +123,13 @@ def test_queued_job_says_why_it_waits(client: TestClient, dataset: dict) -> None
     queue = client.get(f"/v1/jobs/{job['id']}").json()["queue"]
     assert queue["position"] >= 1 and queue["workers_alive"] == 0
     assert "no worker is alive" in queue["reason"]
+    second = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None}).json()
+    listed = {
+        j["id"]: j["queue"]
+        for j in client.get("/v1/jobs", params={"status": "queued"}).json()["data"]
+    }
+    assert listed[second["id"]]["position"] == listed[job["id"]]["position"] + 1
+    client.post(f"/v1/jobs/{second['id']}/cancel")
     client.post(f"/v1/jobs/{job['id']}/cancel")
     assert client.get(f"/v1/jobs/{job['id']}").json()["queue"] is None
 
