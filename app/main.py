@@ -22,6 +22,7 @@ from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.models.inference import BatchPolicy, ModelCache
 from app.models.router import router as models_router
+from app.web.router import router as web_router
 
 log = logging.getLogger(__name__)
 DESCRIPTION = """
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(problems.CatchUnhandled)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)
-    for router in (health.router, metrics_router, datasets_router, jobs_router, models_router):
+    routers = (health.router, metrics_router, datasets_router, jobs_router, models_router)
+    for router in (*routers, web_router):
         app.include_router(router)
     return app
