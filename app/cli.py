@@ -56,10 +56,13 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Training processes (one per GPU).")] = 1,
-    queues: Annotated[str | None, typer.Option(help="Comma-separated queues to consume.")] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated queues to consume (default: the gpu and cpu queues)."),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Celery's log level.")] = "INFO",
 ) -> None:
-    """A training worker."""
+    """A worker: training from the gpu queue, exports from the cpu queue (or those named)."""
     from worker.celery_app import app as celery
 
     settings = get_settings()
@@ -70,7 +73,7 @@ def worker(
         "--concurrency",
         str(concurrency),
         "--queues",
-        queues or settings.queue_name,
+        queues or f"{settings.gpu_queue},{settings.cpu_queue}",
         "--pool",
         "prefork",
     ]

@@ -59,12 +59,15 @@ def with_redis(root: Path, database_url: str, redis_url: str) -> Iterator[httpx.
         data_dir=str(root / "var"),
         database_url=database_url,
         broker_url=redis_url,
-        queue_name=f"bench-{root.name}",
+        gpu_queue=f"bench-{root.name}",
+        cpu_queue=f"bench-cpu-{root.name}",
         **FAST_ENV,
     )
     port = free_port()
     with (
-        running(["worker"], env, root / "worker.log") as worker,
+        running(
+            ["worker", "--queues", env["FINETUNE_GPU_QUEUE"]], env, root / "worker.log"
+        ) as worker,
         running(["api", "--port", str(port)], env, root / "api.log") as api,
     ):
         wait_log(root / "worker.log", "ready.", worker, timeout=120)
@@ -117,7 +120,7 @@ def _dispatch(
 def _core_seconds(data_dir: Path, dataset: dict[str, Any], spec_body: dict[str, Any]) -> float:
     """The training core alone on the same stored dataset: decode + split + fit."""
     settings = Settings(data_dir=data_dir / "core")
-    storage = get_storage(str(data_dir / "var" / "artifacts"))
+    storage = get_storage(Settings(data_dir=data_dir / "var"))
     row = SimpleNamespace(
         id=dataset["id"], classes=dataset["classes"], storage_key=f"datasets/{dataset['id']}"
     )

@@ -11,7 +11,7 @@ one is re-sent from the database.
 from celery import Celery
 
 from app.core.config import Settings, get_settings
-from app.core.queue import TRAIN_TASK, broker_options
+from app.core.queue import EXPORT_TASK, TRAIN_TASK, broker_options
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -31,8 +31,11 @@ def create_celery(settings: Settings) -> Celery:
         result_backend=None,
         task_acks_late=False,
         worker_prefetch_multiplier=1,
-        task_default_queue=settings.queue_name,
-        task_routes={TRAIN_TASK: {"queue": settings.queue_name}},
+        task_default_queue=settings.gpu_queue,
+        task_routes={
+            TRAIN_TASK: {"queue": settings.gpu_queue},
+            EXPORT_TASK: {"queue": settings.cpu_queue},
+        },
         # With recycling, one job per child process: GPU memory and allocator state start
         # clean every job, at the price of a fork before the next (see README, Speed).
         worker_max_tasks_per_child=1 if settings.worker_recycle else None,

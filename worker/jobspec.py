@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.core import registry
 from app.core.config import Settings
 from app.core.models import Dataset, Job, Model
-from app.core.storage import LocalStorage, sha256_file
+from app.core.storage import Storage, sha256_file
 from worker.training.data import ImageSet, TrainData, cached_images, stratified_split
 from worker.training.spec import InitWeights, TrainSpec
 
@@ -44,7 +44,7 @@ class JobFailure(Exception):
 
 
 def _init_weights(
-    session: Session, storage: LocalStorage, spec: dict[str, Any], classes: list[str]
+    session: Session, storage: Storage, spec: dict[str, Any], classes: list[str]
 ) -> InitWeights:
     weights = spec["weights"]
     if weights is None:
@@ -53,7 +53,7 @@ def _init_weights(
         model = session.get(Model, weights["model_id"])
         if model is None:
             raise JobFailure("model_not_found", f"model {weights['model_id']} no longer exists")
-        path = storage.path(model.storage_key)
+        path = storage.local(model.storage_key)
         if sha256_file(path) != model.sha256:  # only files this service wrote, unaltered
             raise JobFailure("weights_corrupt", f"the weights file of model {model.id} was altered")
         return InitWeights(source="file", path=str(path), keep_head=model.classes == classes)
@@ -66,7 +66,7 @@ def _init_weights(
 
 
 def build_spec(
-    session: Session, settings: Settings, storage: LocalStorage, job: Job, dataset: Dataset
+    session: Session, settings: Settings, storage: Storage, job: Job, dataset: Dataset
 ) -> TrainSpec:
     """The frozen TrainSpec of a job, its weights resolved to a file that exists."""
     return TrainSpec(
@@ -80,13 +80,13 @@ def build_spec(
 
 def load_data(
     settings: Settings,
-    storage: LocalStorage,
+    storage: Storage,
     dataset: Dataset,
     spec: TrainSpec,
     validation_split: float,
 ) -> TrainData:
     """Decode the dataset once (cached per dataset and image size) and split it."""
-    root = storage.path(dataset.storage_key)
+    root = storage.local(dataset.storage_key)
     entries = json.loads((root / "manifest.json").read_text())["entries"]
     index = {name: i for i, name in enumerate(dataset.classes)}
     cache = settings.work_dir / "cache" / dataset.id / f"{spec.image_size}.npy"

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import threading
+from typing import Any
 
 from billiard import process
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
@@ -22,8 +23,9 @@ log = logging.getLogger(__name__)
 class Beacon:
     """In the worker's main process: report liveness and run the reaper every interval."""
 
-    def __init__(self) -> None:
+    def __init__(self, queues: str) -> None:
         self.settings = get_settings()
+        self.queues = queues
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="beacon", daemon=True)
@@ -41,9 +43,7 @@ class Beacon:
         with get_sessionmaker(self.settings.database_url)() as session:
             dialect = session.get_bind().dialect.name
             insert = (postgresql if dialect == "postgresql" else sqlite).insert
-            stmt = insert(Worker).values(
-                id=self.id, queues=self.settings.queue_name, last_seen_at=utcnow()
-            )
+            stmt = insert(Worker).values(id=self.id, queues=self.queues, last_seen_at=utcnow())
             session.execute(
                 stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen_at": utcnow()})
             )
@@ -70,9 +70,9 @@ def _child_started(**_: object) -> None:
 
 
 @worker_ready.connect
-def _ready(**_: object) -> None:
+def _ready(sender: Any, **_: object) -> None:
     global _beacon
-    _beacon = Beacon()
+    _beacon = Beacon(",".join(sorted(sender.app.amqp.queues.consume_from)))
     _beacon.start()
 
 

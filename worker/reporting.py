@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.events import add_event, job_tenant
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Job
-from app.core.storage import LocalStorage
+from app.core.storage import Storage
 from worker.faults import Faults
 from worker.lease import AttemptInterrupted, Lease
 from worker.retry import retrying
@@ -46,7 +46,7 @@ class DatabaseReporter(FitCallbacks):
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        storage: LocalStorage,
+        storage: Storage,
         lease: Lease,
         spec: TrainSpec,
         progress_interval_s: float,
@@ -61,6 +61,7 @@ class DatabaseReporter(FitCallbacks):
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future[None] | None = None
         self._board: Any = None
+        self._board_key = f"jobs/{self.job_id}/tensorboard"
 
     def _fenced(self, session: Session, **values: Any) -> None:
         """Update the job row if this attempt still owns it, else stop the attempt."""
@@ -150,16 +151,21 @@ class DatabaseReporter(FitCallbacks):
         tag = f"epoch-{epoch:04d}-a{self.lease.attempt}"
         key = f"jobs/{self.job_id}/checkpoints/{tag}.safetensors"
         resume_key = f"jobs/{self.job_id}/state/{tag}.safetensors"
-        path = self.storage.path(key)
+        # Written whole in staging, then published: storage never holds a partial file.
+        path = self.storage.staging() / f"{self.job_id}-{tag}.safetensors"
+        state_path = path.with_suffix(".state")
         meta = weights_metadata(self.spec, job_id=self.job_id, epoch=epoch)
         sha256 = save_weights(path, weights, meta, copied=True)
-        write_state(self.storage.path(resume_key), state)
+        size_bytes = path.stat().st_size
+        write_state(state_path, state)
+        self.storage.put_file(path, key)
+        self.storage.put_file(state_path, resume_key)
         row = {
             "id": new_id("ckpt"),
             "job_id": self.job_id,
             "epoch": epoch,
             "metrics": metrics,
-            "size_bytes": path.stat().st_size,
+            "size_bytes": size_bytes,
             "sha256": sha256,
             "storage_key": key,
             "resume_key": resume_key,
@@ -215,7 +221,7 @@ class DatabaseReporter(FitCallbacks):
         if self._board is None:
             from tensorboardX import SummaryWriter
 
-            logdir = self.storage.path(f"jobs/{self.job_id}/tensorboard")
+            logdir = self.storage.workspace(self._board_key)
             self._board = SummaryWriter(
                 logdir=str(logdir), filename_suffix=f".a{self.lease.attempt}"
             )
@@ -223,3 +229,4 @@ class DatabaseReporter(FitCallbacks):
             if isinstance(value, int | float) and name != "epoch":
                 self._board.add_scalar(name.replace("_", "/", 1), value, epoch)
         self._board.flush()
+        self.storage.publish(self._board_key)

@@ -21,7 +21,7 @@ from app.core.db import get_sessionmaker
 from app.core.events import add_event
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, Tenant, utcnow
-from app.core.storage import LocalStorage, get_storage
+from app.core.storage import Storage, get_storage
 from worker.faults import Faults
 from worker.jobspec import JobFailure, build_spec, load_data
 from worker.lease import AttemptInterrupted, Lease
@@ -133,7 +133,7 @@ def _release(settings: Settings, lease: Lease, reason: str) -> None:
         log.warning("could not re-enqueue released job %s", lease.job_id, exc_info=True)
 
 
-def _resume_state(session: Session, storage: LocalStorage, job_id: str) -> ResumeState | None:
+def _resume_state(session: Session, storage: Storage, job_id: str) -> ResumeState | None:
     """The state after the job's last committed epoch, if an earlier attempt got that far."""
     last = session.scalar(
         select(Checkpoint)
@@ -145,13 +145,15 @@ def _resume_state(session: Session, storage: LocalStorage, job_id: str) -> Resum
         return None
     stmt = select(Checkpoint.epoch, Checkpoint.storage_key).where(Checkpoint.job_id == job_id)
     keys = {epoch: key for epoch, key in session.execute(stmt)}
-    return load_state(storage.path(last.resume_key), lambda epoch: storage.path(keys[epoch]))
+    return load_state(storage.local(last.resume_key), lambda epoch: storage.local(keys[epoch]))
 
 
 def _record_success(
-    lease: Lease, storage: LocalStorage, spec: TrainSpec, result: FitResult
-) -> None:
+    lease: Lease, storage: Storage, spec: TrainSpec, result: FitResult
+) -> str | None:
+    """Succeed the job and create its model; the model id, or None if the fence refused."""
     stale: list[str] = []
+    created: list[str] = []
 
     def write() -> None:
         with lease.sessions() as session:
@@ -234,10 +236,12 @@ def _record_success(
                 {"status": "succeeded", "model_id": model.id, "best_epoch": result.best_epoch},
             )
             session.commit()
+            created[:] = [model.id]
 
     retrying(write)
     for key in stale:  # a finished job never resumes: drop its optimiser state
         storage.delete(key)
+    return created[0] if created else None
 
 
 @contextmanager
@@ -254,7 +258,7 @@ def _sigterm_releases(lease: Lease) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train(settings: Settings, storage: LocalStorage, lease: Lease, faults: Faults) -> None:
+def _train(settings: Settings, storage: Storage, lease: Lease, faults: Faults) -> None:
     with lease.sessions() as session:
         job = session.get(Job, lease.job_id)
         assert job is not None
@@ -300,14 +304,19 @@ def _train(settings: Settings, storage: LocalStorage, lease: Lease, faults: Faul
                 reporter.flush()
             raise
         reporter.flush()
-        _record_success(lease, storage, spec, result)
+        model_id = _record_success(lease, storage, spec, result)
+        if model_id is not None:
+            try:
+                queue.enqueue_exports(settings, model_id)
+            except Exception:  # exports are also made on demand by the API
+                log.warning("could not enqueue the exports of %s", model_id, exc_info=True)
         return
 
 
 def run_job(settings: Settings, job_id: str) -> None:
     """Run one attempt of `job_id` if it can be claimed; leave the job in a truthful state."""
     sessions: sessionmaker[Session] = get_sessionmaker(settings.database_url)
-    storage = get_storage(settings.storage_url)
+    storage = get_storage(settings)
     with sessions() as session:
         attempt = claim(session, settings, job_id)
     if attempt is None:

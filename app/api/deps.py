@@ -12,7 +12,7 @@ from app.core.db import get_sessionmaker
 from app.core.errors import Unauthorized
 from app.core.keys import tenant_for_key
 from app.core.models import LOCAL_TENANT
-from app.core.storage import LocalStorage, get_storage
+from app.core.storage import Storage, get_storage
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 bearer = HTTPBearer(auto_error=False, description="An API key from `finetune keys create`.")
@@ -27,12 +27,12 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
         session.close()
 
 
-def storage(settings: SettingsDep) -> LocalStorage:
-    return get_storage(settings.storage_url)
+def storage(settings: SettingsDep) -> Storage:
+    return get_storage(settings)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-StorageDep = Annotated[LocalStorage, Depends(storage)]
+StorageDep = Annotated[Storage, Depends(storage)]
 
 
 def current_tenant(

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,10 +19,16 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = ""
     storage_url: str = ""
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JSON keyword arguments for the fsspec filesystem of a storage URL, "
+        'e.g. {"endpoint_url": "http://minio:9000"} for an S3-compatible store.',
+    )
     device: str = "auto"
     auth_required: bool = False
 
-    queue_name: str = "training"
+    gpu_queue: str = Field("gpu", description="Queue of training tasks (GPU workers).")
+    cpu_queue: str = Field("cpu", description="Queue of light tasks: model exports.")
     progress_interval_s: float = Field(2.0, gt=0, description="Least time between progress writes.")
     cancel_poll_interval_s: float = Field(
         1.0, gt=0, description="Least time between cancel checks."

@@ -1,4 +1,9 @@
-"""The API's only touchpoint with Celery: send a training task by name, see what is pending."""
+"""The only touchpoint of the API with Celery: send tasks by name, see what is pending.
+
+Two queues: `gpu` carries training (workers on GPU hosts), `cpu` carries light work that
+should not wait behind hours of training nor hold a GPU (model exports). A single worker
+may consume both (`finetune up` does).
+"""
 
 import re
 from functools import lru_cache
@@ -9,6 +14,7 @@ from celery import Celery
 from app.core.config import Settings
 
 TRAIN_TASK = "finetune.train"
+EXPORT_TASK = "finetune.export"
 _JOB_ID = re.compile(r"job_[0-9a-f]{22}")
 
 
@@ -47,23 +53,28 @@ def _producer(broker_url: str, queue: str, options: tuple[tuple[str, object], ..
 def get_producer(settings: Settings) -> Celery:
     """A send-only Celery app (no task imports, so no torch in the API)."""
     options = tuple(sorted(broker_options(settings).items()))
-    return _producer(settings.broker_url, settings.queue_name, options)
+    return _producer(settings.broker_url, settings.gpu_queue, options)
 
 
 def enqueue(settings: Settings, job_id: str) -> None:
     """Wake a worker for `job_id`; the job row, not the message, is the truth."""
-    get_producer(settings).send_task(TRAIN_TASK, args=[job_id], queue=settings.queue_name)
+    get_producer(settings).send_task(TRAIN_TASK, args=[job_id], queue=settings.gpu_queue)
+
+
+def enqueue_exports(settings: Settings, model_id: str) -> None:
+    """Have a `cpu` worker make the model's ONNX and TorchScript exports ahead of demand."""
+    get_producer(settings).send_task(EXPORT_TASK, args=[model_id], queue=settings.cpu_queue)
 
 
 def pending_job_ids(settings: Settings) -> set[str]:
     """Job ids of every training message the broker still holds (queued or reserved)."""
     if settings.embedded_broker:
         folder = settings.broker_dir / "queue"
-        texts = [p.read_text(errors="replace") for p in _files(folder, settings.queue_name)]
+        texts = [p.read_text(errors="replace") for p in _files(folder, settings.gpu_queue)]
     else:
         with get_producer(settings).connection_for_read() as conn:
             client = conn.default_channel.client
-            keys = [k for k in client.scan_iter(match=f"{settings.queue_name}*", count=100)]
+            keys = [k for k in client.scan_iter(match=f"{settings.gpu_queue}*", count=100)]
             texts = []
             for key in keys:
                 if client.type(key) in (b"list", "list"):

@@ -1,13 +1,97 @@
 """Artifact and dataset storage behind one small interface.
 
-Keys are chosen by the service (never client file names) and use `/` separators.
-Only a local directory is implemented; an object store plugs in behind the same methods.
+Keys are chosen by the service (never client file names) and use `/` separators. Two
+backends share the interface:
+
+- `LocalStorage`: a directory (local disk or a network filesystem every host mounts).
+- `RemoteStorage`: any fsspec URL, `s3://bucket/prefix` in production, so API and workers
+  on different hosts share datasets and artifacts through the object store alone.
+
+Every consumer (safetensors, the memory-mapped decode cache, TensorBoard, FileResponse)
+wants a real file, so the interface speaks in local paths: `local(key)` gives a readable
+copy (remote objects are downloaded once into a per-host cache), `put_file`/`put_dir`
+publish finished local files, and `workspace(key)` + `publish(key)` serve writers that
+append over time (TensorBoard). Stored objects are immutable once published (every key
+names one attempt, model or export), which is what makes the per-host cache safe. The
+cache holds only what a host has read; nothing evicts it yet (prune it with `find -atime`).
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
+import uuid
 from pathlib import Path
+from typing import Any, Protocol
+
+from app.core.config import Settings
+
+
+class Storage(Protocol):
+    """What the API and the workers need from a storage backend."""
+
+    def local(self, key: str) -> Path:
+        """A readable local path of the file or directory at `key`."""
+        ...
+
+    def put_file(self, src: Path, key: str) -> None:
+        """Publish a finished local file at `key` (atomically replacing what was there)."""
+        ...
+
+    def put_dir(self, src: Path, key: str) -> None:
+        """Publish a finished local directory at `key`."""
+        ...
+
+    def staging(self) -> Path:
+        """Scratch directory for files about to be `put_file`d (same filesystem: a rename)."""
+        ...
+
+    def workspace(self, key: str) -> Path:
+        """A local directory to write `key`'s files into; `publish(key)` makes them durable."""
+        ...
+
+    def publish(self, key: str) -> None:
+        """Make what the workspace of `key` holds now durable and visible to every host."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove a file or a whole directory; missing keys are fine."""
+        ...
+
+    def writable(self) -> bool: ...
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key: {key!r}")
+    return key
+
+
+def _replace_file(src: Path, dest: Path) -> None:
+    """Move `src` onto `dest` atomically, also across filesystems (copy beside, then rename)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dest)
+    except OSError:  # EXDEV: the staging area is on another filesystem
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        src.unlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class LocalStorage:
@@ -18,38 +102,135 @@ class LocalStorage:
 
     def path(self, key: str) -> Path:
         """Local path of `key`; refuses keys that would leave the root."""
-        path = (self.root / key).resolve()
+        path = (self.root / _check_key(key)).resolve()
         if not path.is_relative_to(self.root):
             raise ValueError(f"storage key escapes the root: {key!r}")
         return path
 
+    def local(self, key: str) -> Path:
+        return self.path(key)
+
+    def put_file(self, src: Path, key: str) -> None:
+        _replace_file(src, self.path(key))
+
     def put_dir(self, src: Path, key: str) -> None:
-        """Move a finished directory into place."""
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(src, dest)
+
+    def staging(self) -> Path:
+        path = self.root / ".staging"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def workspace(self, key: str) -> Path:
+        path = self.path(key)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def publish(self, key: str) -> None:
+        """Nothing to do: the workspace is the stored directory itself."""
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
     def delete(self, key: str) -> None:
-        """Remove a file or a whole directory; missing keys are fine."""
-        path = self.path(key)
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        _remove(self.path(key))
 
     def writable(self) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
         return os.access(self.root, os.W_OK)
 
 
-def get_storage(storage_url: str) -> LocalStorage:
-    """The storage backend for `FINETUNE_STORAGE_URL`."""
-    if "://" in storage_url and not storage_url.startswith("file://"):
-        raise ValueError(f"unsupported storage URL {storage_url!r}: only local directories")
-    return LocalStorage(storage_url.removeprefix("file://"))
+class RemoteStorage:
+    """Storage in an fsspec filesystem (S3 and S3-compatible stores), cached per host."""
+
+    def __init__(self, url: str, cache_dir: Path, options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        self.root = root.rstrip("/")
+        self.cache = cache_dir.resolve()
+
+    def _remote(self, key: str) -> str:
+        return f"{self.root}/{_check_key(key)}"
+
+    def _cached(self, key: str) -> Path:
+        return self.cache / _check_key(key)
+
+    def local(self, key: str) -> Path:
+        """The cached copy, downloaded first if this host has none (files and directories)."""
+        dest = self._cached(key)
+        if dest.exists():
+            return dest
+        remote = self._remote(key)
+        self.fs.invalidate_cache()
+        if not self.fs.exists(remote):
+            raise FileNotFoundError(f"no stored object at {key!r}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Download beside the destination, then rename: a crash or a concurrent reader never
+        # sees a half-downloaded file or directory.
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        try:
+            if self.fs.isdir(remote):
+                tmp.mkdir()
+                self.fs.get(f"{remote}/", f"{tmp}/", recursive=True)
+                with contextlib.suppress(OSError):  # another process finished first
+                    tmp.rename(dest)
+            else:
+                self.fs.get_file(remote, str(tmp))
+                os.replace(tmp, dest)
+        finally:
+            _remove(tmp)
+        return dest
+
+    # Writes are not kept in the cache: the host that writes (an API storing an upload, a
+    # worker storing checkpoints) is rarely the one that reads, and the cache stays small.
+    def put_file(self, src: Path, key: str) -> None:
+        self.fs.put_file(str(src), self._remote(key))
+        src.unlink()
+
+    def put_dir(self, src: Path, key: str) -> None:
+        self.fs.put(f"{src}/", f"{self._remote(key)}/", recursive=True)
+        _remove(src)
+
+    def staging(self) -> Path:
+        path = self.cache / ".staging"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def workspace(self, key: str) -> Path:
+        path = self._cached(key)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def publish(self, key: str) -> None:
+        self.fs.put(f"{self._cached(key)}/", f"{self._remote(key)}/", recursive=True)
+
+    def exists(self, key: str) -> bool:
+        self.fs.invalidate_cache()  # another host may have written it since we last looked
+        return bool(self.fs.exists(self._remote(key)))
+
+    def delete(self, key: str) -> None:
+        remote = self._remote(key)
+        self.fs.invalidate_cache()
+        if self.fs.exists(remote):
+            self.fs.rm(remote, recursive=True)
+        _remove(self._cached(key))
+
+    def writable(self) -> bool:
+        probe = f"{self.root}/.probe-{uuid.uuid4().hex}"
+        self.fs.pipe_file(probe, b"ok")
+        self.fs.rm(probe)
+        return True
+
+
+def get_storage(settings: Settings) -> Storage:
+    """The storage backend for `FINETUNE_STORAGE_URL`: a directory, or any fsspec URL."""
+    url = settings.storage_url
+    if "://" not in url or url.startswith("file://"):
+        return LocalStorage(url.removeprefix("file://"))
+    return RemoteStorage(url, settings.work_dir / "storage-cache", settings.storage_options)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -13,7 +13,7 @@ from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
 from app.core.models import ACTIVE_STATUSES, Dataset, Job
-from app.core.storage import LocalStorage
+from app.core.storage import Storage
 from app.datasets.archive import Limits, extract_dataset
 
 CHUNK = 1 << 20
@@ -51,7 +51,7 @@ def _display_name(name: str | None, filename: str | None) -> str:
 def create(
     session: Session,
     settings: Settings,
-    storage: LocalStorage,
+    storage: Storage,
     tenant: str,
     upload: BinaryIO,
     filename: str | None,
@@ -108,7 +108,7 @@ def list_(session: Session, tenant: str, limit: int, after: str | None) -> list[
     return list(session.scalars(stmt))
 
 
-def delete(session: Session, storage: LocalStorage, tenant: str, dataset_id: str) -> None:
+def delete(session: Session, storage: Storage, tenant: str, dataset_id: str) -> None:
     """Delete a dataset no queued or running job needs; finished jobs keep their models."""
     row = get(session, tenant, dataset_id)
     busy = session.scalar(

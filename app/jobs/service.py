@@ -5,7 +5,7 @@ import json
 import logging
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -94,8 +94,10 @@ def queue_info(session: Session, settings: Settings, jobs: list[Job]) -> dict[st
     if not waiting:
         return {}
     alive_since = utcnow() - timedelta(seconds=3 * settings.reaper_interval_s)
+    # Only workers that consume the training queue can take a queued job.
+    trains = (literal(",") + Worker.queues + ",").contains(f",{settings.gpu_queue},")
     alive = session.scalar(
-        select(func.count()).select_from(Worker).where(Worker.last_seen_at >= alive_since)
+        select(func.count()).select_from(Worker).where(Worker.last_seen_at >= alive_since, trains)
     )
     line = session.scalars(
         select(Job.id).where(Job.status == JobStatus.queued, Job.id <= max(j.id for j in waiting))

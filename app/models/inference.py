@@ -10,6 +10,7 @@ import io
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,13 @@ class ModelCache:
         self._lock = threading.Lock()
         self.loads = 0
 
-    def get(self, model_id: str, path: Path, sha256: str) -> LoadedModel:
+    def get(self, model_id: str, fetch: Callable[[], Path], sha256: str) -> LoadedModel:
+        """The loaded model; `fetch` gives its file (a download from remote storage) on a miss."""
         with self._lock:
             if model_id in self._models:
                 self._models.move_to_end(model_id)
                 return self._models[model_id]
-            loaded = _load(path, sha256, self.device)
+            loaded = _load(fetch(), sha256, self.device)
             policy = self.batching
             if policy.enabled:
                 loaded.batcher = MicroBatcher(

@@ -5,10 +5,10 @@ from sqlalchemy.orm import Session
 
 from app.api.pagination import paginate
 from app.core.errors import Invalid, NotFound, field_error
+from app.core.exports import ensure_export
 from app.core.models import Model
-from app.core.storage import LocalStorage
+from app.core.storage import Storage
 from app.models import inference
-from app.models.export import ensure_export
 
 
 def get(session: Session, tenant: str, model_id: str) -> Model:
@@ -26,7 +26,7 @@ def list_(session: Session, tenant: str, limit: int, after: str | None) -> list[
 
 def predict(
     session: Session,
-    storage: LocalStorage,
+    storage: Storage,
     cache: inference.ModelCache,
     tenant: str,
     model_id: str,
@@ -36,7 +36,7 @@ def predict(
 ) -> list[dict]:
     """Top-k predictions for each (filename, bytes); every unreadable file is named in the 422."""
     row = get(session, tenant, model_id)
-    loaded = cache.get(row.id, storage.path(row.storage_key), row.sha256)
+    loaded = cache.get(row.id, lambda: storage.local(row.storage_key), row.sha256)
     images, errors = [], []
     for name, data in files:
         try:
@@ -63,12 +63,8 @@ def predict(
 
 
 def export(
-    session: Session, storage: LocalStorage, tenant: str, model_id: str, fmt: str
+    session: Session, storage: Storage, tenant: str, model_id: str, fmt: str
 ) -> tuple[Model, dict]:
     """The checked export of a model (made on first request); records it on the model."""
     row = get(session, tenant, model_id)
-    record = ensure_export(row, storage, fmt)
-    if row.exports.get(fmt) != record:
-        row.exports = {**row.exports, fmt: record}
-        session.commit()
-    return row, record
+    return row, ensure_export(session, row, storage, fmt)

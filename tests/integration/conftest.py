@@ -60,13 +60,18 @@ def service(
         database_url=pg_url,
         broker_url=redis_url,
         torch_home=str(torch_home),
-        queue_name=f"training-test-{os.getpid()}",
+        gpu_queue=f"training-test-{os.getpid()}",
+        cpu_queue=f"cpu-test-{os.getpid()}",
         progress_interval_s="0.5",
         cancel_poll_interval_s="0.25",
     )
     port = free_port()
     with (
-        running(["worker", "--concurrency", "1"], env, root / "worker.log") as worker,
+        # Training only: exports on every finished job would slow the suite's two cores;
+        # the cpu queue has its own test (storage/test_s3_fleet.py).
+        running(
+            ["worker", "--queues", env["FINETUNE_GPU_QUEUE"]], env, root / "worker.log"
+        ) as worker,
         running(["api", "--port", str(port)], env, root / "api.log") as api,
     ):
         wait_log(root / "worker.log", "ready.", worker)

@@ -63,10 +63,13 @@ def test_a_tenant_at_its_cap_waits_and_is_told_why(db_session: Session, tmp_path
     assert claim(db_session, settings, waiting.id) is None
     db_session.refresh(waiting)
     assert waiting.status == "queued" and waiting.attempts == 0
-    db_session.add(Worker(id="host:1", queues="training"))  # a live worker: the cap is why
+    # Other tests' workers may still count as alive: compare with what was there before.
+    before = queue_info(db_session, settings, [waiting])[waiting.id]["workers_alive"]
+    db_session.add(Worker(id="host:1", queues=f"{settings.gpu_queue},{settings.cpu_queue}"))
+    db_session.add(Worker(id="host:2", queues=settings.cpu_queue))  # cannot train: not counted
     db_session.commit()
     info = queue_info(db_session, settings, [waiting])[waiting.id]
-    assert info["workers_alive"] == 1
+    assert info["workers_alive"] == before + 1
     assert info["reason"] == "this tenant already runs 1 jobs, its limit is 1"
     roomier = settings.model_copy(update={"max_running_jobs_per_tenant": 2})
     assert claim(db_session, roomier, waiting.id) == 1

@@ -5,14 +5,14 @@ from torchvision import models
 
 from app.core.ids import new_id
 from app.core.models import LOCAL_TENANT, Checkpoint, Job, JobStatus, Model, utcnow
-from app.core.storage import LocalStorage, sha256_file
+from app.core.storage import Storage, sha256_file
 from worker.training.checkpoint import save_weights, weights_metadata
 from worker.training.spec import TrainSpec
 
 
 def make_model(
     session: Session,
-    storage: LocalStorage,
+    storage: Storage,
     dataset: dict,
     backbone: str = "resnet18",
     image_size: int = 16,
@@ -34,10 +34,10 @@ def make_model(
     )
     key = f"jobs/{job.id}/checkpoints/epoch-0001.safetensors"
     net = models.get_model(backbone, weights=None, num_classes=spec.num_classes)
-    save_weights(
-        storage.path(key), net.state_dict(), weights_metadata(spec, job_id=job.id, epoch=1)
-    )
-    path = storage.path(key)
+    staged = storage.staging() / f"{job.id}.safetensors"
+    save_weights(staged, net.state_dict(), weights_metadata(spec, job_id=job.id, epoch=1))
+    storage.put_file(staged, key)
+    path = storage.local(key)
     ckpt = Checkpoint(
         id=new_id("ckpt"),
         tenant_id=tenant,

@@ -1,6 +1,7 @@
 """The deploy files (Dockerfile, docker-compose.yml, .dockerignore) agree with the code."""
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -8,8 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
+from app.core.config import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("migrate", "api", "worker")
+APP_SERVICES = ("migrate", "api", "worker-gpu", "worker-cpu")
+WORKERS = ("worker-gpu", "worker-cpu")
+DEFAULTED = re.compile(r"\$\{(\w+):-(.*)\}$")
 STORAGE_VOLUME = "artifacts"
 TORCH_VOLUME = "torch-cache"
 
@@ -24,7 +29,13 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment", {})
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {key: str(value) for key, value in env.items()}
+    return {key: _default(str(value)) for key, value in env.items()}
+
+
+def _default(value: str) -> str:
+    """What compose makes of `${VAR:-default}` when VAR is unset (a fresh checkout)."""
+    match = DEFAULTED.match(value)
+    return match.group(2) if match else value
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -90,7 +101,7 @@ def test_app_services_share_one_image_and_the_env_anchor(compose: dict[str, Any]
     images = set()
     for name in APP_SERVICES:
         service = compose["services"][name]
-        assert _env(service) == {key: str(value) for key, value in anchor.items()}, name
+        assert _env(service) == {key: _default(str(value)) for key, value in anchor.items()}, name
         images.add(service["image"])
     assert len(images) == 1
 
@@ -108,7 +119,7 @@ def test_compose_env_points_at_postgres_and_redis(services: dict[str, Any]) -> N
 def test_api_and_worker_share_storage_and_torch_cache(
     compose: dict[str, Any], services: dict[str, Any]
 ) -> None:
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         env, mounts = _env(services[name]), _mounts(services[name])
         assert mounts.get(STORAGE_VOLUME) == env["FINETUNE_STORAGE_URL"], name
         assert mounts.get(TORCH_VOLUME) == env["TORCH_HOME"], name
@@ -120,10 +131,15 @@ def test_migrate_runs_once_before_api_and_worker(services: dict[str, Any]) -> No
     assert "finetune db upgrade" in _command(migrate["command"])
     assert migrate["restart"] == "no"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "worker"):
+    for name in ("api", *WORKERS):
         depends = services[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
+        # MinIO only runs with `--profile s3`: the dependency must be optional.
+        assert depends["minio-bucket"] == {
+            "condition": "service_completed_successfully",
+            "required": False,
+        }, name
 
 
 def test_api_serves_port_8000_and_checks_readiness(services: dict[str, Any]) -> None:
@@ -132,14 +148,33 @@ def test_api_serves_port_8000_and_checks_readiness(services: dict[str, Any]) -> 
     assert "/readyz" in _command(api["healthcheck"]["test"])
 
 
-def test_worker_reserves_one_gpu_and_stops_gracefully(services: dict[str, Any]) -> None:
-    worker = services["worker"]
-    assert "finetune worker --concurrency 1" in _command(worker["command"])
+def test_gpu_worker_trains_on_one_gpu_and_stops_gracefully(services: dict[str, Any]) -> None:
+    worker = services["worker-gpu"]
+    assert "finetune worker --queues gpu --concurrency 1" in _command(worker["command"])
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert worker["stop_grace_period"] == "2m"
     assert worker["shm_size"]
     assert worker["healthcheck"] == {"disable": True}
+
+
+def test_cpu_worker_takes_the_light_queue_without_a_gpu(services: dict[str, Any]) -> None:
+    queues = {name: Settings.model_fields[name].default for name in ("gpu_queue", "cpu_queue")}
+    worker = services["worker-cpu"]
+    assert f"--queues {queues['cpu_queue']} " in _command(worker["command"])
+    assert "deploy" not in worker
+    assert f"--queues {queues['gpu_queue']} " in _command(services["worker-gpu"]["command"])
+
+
+def test_the_s3_profile_serves_a_bucket_for_shared_storage(services: dict[str, Any]) -> None:
+    assert services["minio"]["profiles"] == ["s3"] and services["minio-bucket"]["profiles"] == [
+        "s3"
+    ]
+    assert "mc mb --ignore-existing local/finetune" in _command(services["minio-bucket"]["command"])
+    env = services["api"]["environment"]
+    assert env["FINETUNE_STORAGE_URL"] == "${FINETUNE_STORAGE_URL:-/data/artifacts}"
+    # An unset FINETUNE_STORAGE_OPTIONS must still parse as JSON for the settings object.
+    assert json.loads(_default(env["FINETUNE_STORAGE_OPTIONS"])) == {}
 
 
 def test_backing_services_have_healthchecks_and_durable_data(services: dict[str, Any]) -> None:

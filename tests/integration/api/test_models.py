@@ -16,7 +16,7 @@ from tests.support.images import digit_members
 
 @pytest.fixture
 def model(client: TestClient, dataset: dict, db_session, settings: Settings) -> dict:  # type: ignore[no-untyped-def]
-    row = make_model(db_session, get_storage(settings.storage_url), dataset)
+    row = make_model(db_session, get_storage(settings), dataset)
     return client.get(f"/v1/models/{row.id}").json()
 
 

@@ -47,7 +47,7 @@ def test_another_tenants_ids_answer_404_everywhere(  # type: ignore[no-untyped-d
     with digits_zip.open("rb") as fh:
         dataset = client.post("/v1/datasets", files={"file": ("d.zip", fh)}, headers=a).json()
     tenant_a = db_session.get(Dataset, dataset["id"]).tenant_id
-    model = make_model(db_session, get_storage(settings.storage_url), dataset, tenant=tenant_a)
+    model = make_model(db_session, get_storage(settings), dataset, tenant=tenant_a)
     ckpt = db_session.get(Checkpoint, model.checkpoint_id)
     job = client.post(
         "/v1/jobs", json={"dataset_id": dataset["id"], "weights": None}, headers=a

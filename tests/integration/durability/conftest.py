@@ -101,7 +101,9 @@ class Cluster:
             env["FINETUNE_FAULTS"] = settings.pop("faults")
         env.update({f"FINETUNE_{k.upper()}": v for k, v in settings.items()})
         log = self.root / f"worker{self._count}.log"
-        proc = self._stack.enter_context(running(["worker", "--concurrency", "1"], env, log))
+        proc = self._stack.enter_context(
+            running(["worker", "--queues", env["FINETUNE_GPU_QUEUE"]], env, log)
+        )
         wait_log(log, "ready.", proc)
         return proc
 
@@ -121,7 +123,8 @@ def cluster_base(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Itera
         data_dir=str(root / "var"),
         database_url=pg_url,
         broker_url=private.url,
-        queue_name=f"durability-{os.getpid()}",
+        gpu_queue=f"durability-{os.getpid()}",
+        cpu_queue=f"durability-cpu-{os.getpid()}",
         **FAST,
     )
     port = free_port()

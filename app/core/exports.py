@@ -1,6 +1,8 @@
 """Model exports: ONNX (torch.onnx, dynamo) and TorchScript, each checked at creation.
 
-An export is made on first request and kept next to the weights. Before it is served, its
+Exports are made by a `cpu`-queue worker task as soon as a model exists, or by the API on a
+request that comes first; either way they are written in staging and published whole, so
+two makers at once only race to store the same bytes. Before an export is kept, its
 outputs on sample inputs are compared with the torch model's (onnxruntime for ONNX,
 torch.jit.load for TorchScript); the largest difference is recorded on the model and an
 export that disagrees beyond the tolerance is refused. Labels and preprocessing travel
@@ -9,18 +11,20 @@ inside the file (ONNX metadata, TorchScript extra file `labels.json`).
 
 import json
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from app.core.errors import AppError, Invalid
 from app.core.models import Model, utcnow
-from app.core.storage import LocalStorage, sha256_file
+from app.core.storage import Storage, sha256_file
 
 FORMATS = {"onnx": "onnx", "torchscript": "pt"}
 TOLERANCE = 1e-3
-_lock = threading.Lock()  # exports are CPU-heavy: one at a time per API process
+_lock = threading.Lock()  # exports are CPU-heavy: one at a time per process
 
 
 class ExportFailed(AppError):
@@ -77,8 +81,8 @@ def _write_torchscript(net: Any, sample: Any, out: Path, info: dict[str, Any]) -
     return lambda x: loaded(x).detach().numpy()
 
 
-def ensure_export(model: Model, storage: LocalStorage, fmt: str) -> dict[str, Any]:
-    """The checked export of `model` in `fmt`, made now if it does not exist yet."""
+def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) -> dict[str, Any]:
+    """The checked export of `model` in `fmt`, made now if missing, recorded on the row."""
     if fmt not in FORMATS:
         raise Invalid(
             f"unknown format {fmt!r}; one of safetensors, onnx, torchscript", code="format_unknown"
@@ -86,15 +90,24 @@ def ensure_export(model: Model, storage: LocalStorage, fmt: str) -> dict[str, An
     with _lock:
         if fmt in model.exports and storage.exists(model.exports[fmt]["storage_key"]):
             return model.exports[fmt]
-        import torch
+        record = _build(model, storage, fmt)
+    # Re-read under a row lock: the other format may have been recorded meanwhile.
+    session.refresh(model, with_for_update=True)
+    model.exports = {**model.exports, fmt: record}
+    session.commit()
+    return record
 
-        net = _torch_model(storage.path(model.storage_key), model)
-        key = f"models/{model.id}/model.{FORMATS[fmt]}"
-        out = storage.path(key)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        size = model.image_size
-        sample = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        writer = _write_onnx if fmt == "onnx" else _write_torchscript
+
+def _build(model: Model, storage: Storage, fmt: str) -> dict[str, Any]:
+    import torch
+
+    net = _torch_model(storage.local(model.storage_key), model)
+    key = f"models/{model.id}/model.{FORMATS[fmt]}"
+    out = storage.staging() / f"{model.id}-{uuid.uuid4().hex}.{FORMATS[fmt]}"
+    size = model.image_size
+    sample = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    writer = _write_onnx if fmt == "onnx" else _write_torchscript
+    try:
         try:
             run = writer(net, sample, out, describe(model))
             probe = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -102,10 +115,8 @@ def ensure_export(model: Model, storage: LocalStorage, fmt: str) -> dict[str, An
                 expected = net(probe).numpy()
             diff = float(np.abs(run(probe) - expected).max())
         except Exception as exc:
-            storage.delete(key)
             raise ExportFailed(f"{fmt} export failed: {type(exc).__name__}: {exc}"[:500]) from exc
         if diff > TOLERANCE:
-            storage.delete(key)
             raise ExportFailed(f"{fmt} export differs from the torch model by {diff:.2e}")
         record = {
             "storage_key": key,
@@ -115,4 +126,7 @@ def ensure_export(model: Model, storage: LocalStorage, fmt: str) -> dict[str, An
             "tolerance": TOLERANCE,
             "checked_at": utcnow().isoformat(),
         }
-        return record
+        storage.put_file(out, key)
+    finally:
+        out.unlink(missing_ok=True)
+    return record

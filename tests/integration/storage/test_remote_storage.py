@@ -1,0 +1,114 @@
+"""RemoteStorage against a real S3 server: two 'hosts' (cache folders) share one bucket."""
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from app.core.config import Settings
+from app.core.storage import RemoteStorage, get_storage
+from tests.integration.storage.conftest import S3
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def url(s3: S3, request: pytest.FixtureRequest) -> str:
+    return f"s3://{s3.bucket}/{request.node.name}"
+
+
+def host(url: str, s3: S3, root: Path) -> RemoteStorage:
+    return RemoteStorage(url, root / "cache", s3.options)
+
+
+def test_settings_pick_the_remote_backend(tmp_path: Path, s3: S3, url: str) -> None:
+    settings = Settings(data_dir=tmp_path, storage_url=url, storage_options=s3.options)
+    storage = get_storage(settings)
+    assert isinstance(storage, RemoteStorage)
+    assert storage.writable()
+    assert storage.cache == (tmp_path / "work" / "storage-cache").resolve()
+
+
+def test_a_file_put_on_one_host_reads_back_on_another(tmp_path: Path, s3: S3, url: str) -> None:
+    a, b = host(url, s3, tmp_path / "a"), host(url, s3, tmp_path / "b")
+    src = a.staging() / "w.bin"
+    src.write_bytes(b"\x00weights" * 1000)
+    a.put_file(src, "models/m1/weights.safetensors")
+    assert not src.exists(), "the staged file is consumed"
+    assert s3.keys(url.split("/", 3)[3]) == [
+        f"{url.split('/', 3)[3]}/models/m1/weights.safetensors"
+    ]
+    copy = b.local("models/m1/weights.safetensors")
+    assert copy.read_bytes() == b"\x00weights" * 1000
+    assert copy.is_relative_to(b.cache)
+    assert not a._cached("models/m1/weights.safetensors").exists(), "writes are not cached"
+    assert b.exists("models/m1/weights.safetensors")
+
+
+def test_a_directory_travels_whole(tmp_path: Path, s3: S3, url: str) -> None:
+    a, b = host(url, s3, tmp_path / "a"), host(url, s3, tmp_path / "b")
+    tree = tmp_path / "upload"
+    for rel in ("manifest.json", "files/0/a.png", "files/1/b.png"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(rel)
+    a.put_dir(tree, "datasets/ds1")
+    root = b.local("datasets/ds1")
+    got = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert got == ["files/0/a.png", "files/1/b.png", "manifest.json"]
+    assert (root / "files/1/b.png").read_text() == "files/1/b.png"
+
+
+def test_concurrent_first_reads_of_a_directory_agree(tmp_path: Path, s3: S3, url: str) -> None:
+    a = host(url, s3, tmp_path / "a")
+    tree = tmp_path / "upload"
+    for i in range(20):
+        (tree / f"{i}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (tree / f"{i}.txt").write_text(str(i))
+    a.put_dir(tree, "datasets/ds2")
+    b = host(url, s3, tmp_path / "b")
+    seen: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: seen.append(b.local("datasets/ds2"))) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == 1 and len(seen) == 4
+    assert sorted(p.name for p in seen[0].iterdir()) == sorted(f"{i}.txt" for i in range(20))
+    assert not [p for p in seen[0].parent.iterdir() if p.name.endswith(".part")]
+
+
+def test_a_workspace_is_visible_elsewhere_after_each_publish(
+    tmp_path: Path, s3: S3, url: str
+) -> None:
+    a = host(url, s3, tmp_path / "a")
+    board = a.workspace("jobs/j1/tensorboard")
+    (board / "events.1").write_text("epoch 1")
+    a.publish("jobs/j1/tensorboard")
+    (board / "events.1").write_text("epoch 1, epoch 2")
+    a.publish("jobs/j1/tensorboard")
+    b = host(url, s3, tmp_path / "b")
+    assert (b.local("jobs/j1/tensorboard") / "events.1").read_text() == "epoch 1, epoch 2"
+
+
+def test_delete_removes_the_object_and_every_cached_copy(tmp_path: Path, s3: S3, url: str) -> None:
+    a = host(url, s3, tmp_path / "a")
+    tree = tmp_path / "upload"
+    (tree / "x").mkdir(parents=True)
+    (tree / "x" / "y.txt").write_text("y")
+    a.put_dir(tree, "datasets/gone")
+    assert not tree.exists()
+    assert (a.local("datasets/gone") / "x" / "y.txt").read_text() == "y"  # cached here now
+    a.delete("datasets/gone")
+    assert not a.exists("datasets/gone")
+    assert not (a.cache / "datasets" / "gone").exists()
+    with pytest.raises(FileNotFoundError):
+        host(url, s3, tmp_path / "b").local("datasets/gone")
+    a.delete("datasets/never-was")  # missing keys are fine
+
+
+@pytest.mark.parametrize("key", ["../outside", "a/../../b", "/abs", "a//b", ""])
+def test_keys_never_leave_the_prefix(tmp_path: Path, s3: S3, url: str, key: str) -> None:
+    with pytest.raises(ValueError, match="invalid storage key"):
+        host(url, s3, tmp_path).local(key)
