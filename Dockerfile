@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every role: the API (default CMD), the GPU workers
-# (`finetune worker --concurrency 1`) and migrations (`finetune db upgrade`).
+# (`finetune worker --queues gpu`), the CPU workers (`finetune worker --queues cpu`) and
+# migrations (`finetune db upgrade`).
 #
 #   docker build -t finetune-service .
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t finetune-service:cpu .
