@@ -88,6 +88,9 @@ def up(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     from app.core.migrate import upgrade
 
     upgrade(get_settings().database_url)
+    # Uvicorn re-raises the SIGTERM it caught once it has shut down; with the default
+    # handler that kills this process before `finally` can stop the worker, orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"])
     log.warning("worker pid %d; API on http://%s:%d", child.pid, host, port)
     try:

@@ -24,6 +24,17 @@ def wait_job(
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s: {job}")
 
 
+def wait_exports(client: httpx.Client, model_id: str, timeout: float = 240) -> dict[str, Any]:
+    """Poll GET /v1/models/{id} until the cpu queue recorded both exports."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = client.get(f"/v1/models/{model_id}").raise_for_status().json()
+        if {"onnx", "torchscript"} <= set(model["exports"]):
+            return model
+        time.sleep(0.5)
+    raise TimeoutError(f"exports of {model_id} not recorded after {timeout}s: {model['exports']}")
+
+
 def upload(client: httpx.Client, archive_path: Any, name: str | None = None) -> httpx.Response:
     with open(archive_path, "rb") as fh:
         data = {"name": name} if name else None

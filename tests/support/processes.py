@@ -1,5 +1,6 @@
 """Real service processes for integration tests: the `finetune` CLI in subprocesses."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -50,14 +51,15 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
+    """SIGTERM the process group, then SIGKILL whatever of it is left (children included)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    # A child that outlived its parent (a worker finishing a task) must not outlive the test.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc.wait()
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:

@@ -14,22 +14,10 @@ from safetensors.torch import load
 
 from tests.integration.conftest import Digits
 from tests.integration.storage.conftest import S3
-from tests.support.client import upload, wait_job
+from tests.support.client import upload, wait_exports, wait_job
 from tests.support.processes import free_port, running, service_env, wait_http, wait_log
 
 pytestmark = pytest.mark.integration
-
-
-def _wait_exports(client: httpx.Client, model_id: str, timeout: float = 240) -> dict:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        model = client.get(f"/v1/models/{model_id}").raise_for_status().json()
-        if {"onnx", "torchscript"} <= set(model["exports"]):
-            return model
-        time.sleep(0.5)
-    raise TimeoutError(f"exports of {model_id} not recorded: {model['exports']}")
 
 
 def test_upload_train_export_and_download_through_s3(
@@ -80,7 +68,7 @@ def test_upload_train_export_and_download_through_s3(
             "/tensorboard/" in k for k in stored
         )
 
-        model = _wait_exports(client, job["model_id"])
+        model = wait_exports(client, job["model_id"])
         assert set(s3.keys(f"fleet/models/{model['id']}/")) == {
             f"fleet/models/{model['id']}/model.onnx",
             f"fleet/models/{model['id']}/model.pt",
