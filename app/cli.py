@@ -5,6 +5,7 @@ Worker code is imported only inside the `worker` command, so `finetune api` neve
 torch at start.
 """
 
+import contextlib
 import logging
 import signal
 import subprocess
@@ -82,22 +83,49 @@ def worker(
     celery.worker_main(argv)
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl; else nothing)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @app.command()
 def up(host: Host = "127.0.0.1", port: Port = 8000) -> None:
-    """Migrations, one worker process and the API in the foreground; Ctrl-C stops all."""
+    """Migrations, a training worker, an export worker and the API; Ctrl-C stops all.
+
+    Two workers, as in production: with one, a job submitted while the last model's
+    exports run would wait seconds for them (measured: 3.5 s dispatch instead of 0.08 s).
+    """
     from app.core.migrate import upgrade
 
-    upgrade(get_settings().database_url)
+    settings = get_settings()
+    upgrade(settings.database_url)
     # Uvicorn re-raises the SIGTERM it caught once it has shut down; with the default
     # handler that kills this process before `finally` can stop the worker, orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    child = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"])
-    log.warning("worker pid %d; API on http://%s:%d", child.pid, host, port)
+    # Each worker in its own session: a signal to this whole process group (a terminal's
+    # Ctrl-C, `kill -- -PGID`) must not hit Celery's pool children directly, or billiard can
+    # hang at exit on the queue lock a killed child held. This process stops the workers,
+    # and they get SIGTERM from the kernel if this process dies first.
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--queues", queue, "--concurrency", "1"],
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
+        for queue in (settings.gpu_queue, settings.cpu_queue)
+    ]
+    log.warning("worker pids %s; API on http://%s:%d", [c.pid for c in children], host, port)
     try:
         _serve(host, port)
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:

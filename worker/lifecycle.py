@@ -61,6 +61,7 @@ class Beacon:
 
 
 _beacon: Beacon | None = None
+_stopping = False
 
 
 @worker_process_init.connect
@@ -78,7 +79,15 @@ def _ready(sender: Any, **_: object) -> None:
 
 @worker_shutting_down.connect
 def _shutting_down(**_: object) -> None:
-    """Forward the shutdown to training children so they checkpoint-release, not run on."""
+    """Forward the shutdown to training children so they checkpoint-release, not run on.
+
+    Runs inside Celery's SIGTERM handler, so a second SIGTERM can re-enter it while the
+    first is still inside a lock (the beacon's Event): only the first call does anything.
+    """
+    global _stopping
+    if _stopping:
+        return
+    _stopping = True
     for child in process.active_children():
         if child.pid:
             os.kill(child.pid, signal.SIGTERM)

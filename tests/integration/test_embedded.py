@@ -4,7 +4,7 @@ import httpx
 import pytest
 from safetensors.torch import load
 
-from tests.support.client import upload, wait_job
+from tests.support.client import upload, wait_exports, wait_job
 from tests.support.images import digit_members, write_zip
 from tests.support.processes import free_port, running, service_env, wait_http
 
@@ -41,6 +41,10 @@ def test_up_trains_and_predicts_without_any_server(tmp_path) -> None:  # type: i
                 "predictions"
             ]
             assert len(predictions) == 15
+            # Nobody asked for an export: `up`'s cpu-queue worker made them on its own.
+            exports = wait_exports(client, job["model_id"])["exports"]
+            assert all(record["max_abs_diff"] <= 1e-3 for record in exports.values())
     assert (data_dir / "finetune.db").exists()
     assert (data_dir / "broker").is_dir()
-    assert proc.returncode is not None  # Ctrl-C (SIGTERM to the group) stopped API and worker
+    # SIGTERM to the group: `up` stopped both workers and exited by itself (not SIGKILLed).
+    assert proc.returncode == 0
