@@ -87,6 +87,11 @@ def _replace_file(src: Path, dest: Path) -> None:
         src.unlink()
 
 
+def _directory(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -119,14 +124,10 @@ class LocalStorage:
         shutil.move(src, dest)
 
     def staging(self) -> Path:
-        path = self.root / ".staging"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _directory(self.root / ".staging")
 
     def workspace(self, key: str) -> Path:
-        path = self.path(key)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _directory(self.path(key))
 
     def publish(self, key: str) -> None:
         """Nothing to do: the workspace is the stored directory itself."""
@@ -195,14 +196,10 @@ class RemoteStorage:
         _remove(src)
 
     def staging(self) -> Path:
-        path = self.cache / ".staging"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _directory(self.cache / ".staging")
 
     def workspace(self, key: str) -> Path:
-        path = self._cached(key)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _directory(self._cached(key))
 
     def publish(self, key: str) -> None:
         self.fs.put(f"{self._cached(key)}/", f"{self._remote(key)}/", recursive=True)
