@@ -68,17 +68,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_wait_s=resolved.predict_max_wait_ms / 1000,
         queue_size=resolved.predict_queue_size,
     )
+    app.state.settings = resolved
     app.state.model_cache = ModelCache(resolved.model_cache_size, resolved.device, batching)
     app.state.rate_limiter = create_limiter(resolved)
     app.state.metrics = Metrics(resolved)
-    if settings is not None:
-        app.dependency_overrides[get_settings] = lambda: settings
     problems.install(app)
     openapi.install(app)
-    # The dependency override (tests) decides the limits too, so read settings through it.
-    app.add_middleware(
-        BodySizeLimit, settings=lambda: app.dependency_overrides.get(get_settings, get_settings)()
-    )
+    app.add_middleware(BodySizeLimit, settings=lambda: app.state.settings)
     app.add_middleware(problems.CatchUnhandled)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)

@@ -1,20 +1,33 @@
-"""Request-scoped dependencies: settings, one DB session per request, storage, the tenant."""
+"""Request-scoped dependencies: settings, one DB session per request, storage, the tenant.
+
+FastAPI runs every plain `def` dependency in its thread pool: one thread hop each, on
+every request. Those that never block (settings, storage, the tenant without a key) are
+`async def`, so a GET pays only the hops of its session and its endpoint; the key lookup,
+which queries the database, still runs in the pool.
+"""
 
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from app.core.config import Settings, get_settings
+from app.core.config import Settings
 from app.core.db import get_sessionmaker
 from app.core.errors import Unauthorized
 from app.core.keys import tenant_for_key
 from app.core.models import LOCAL_TENANT
 from app.core.storage import Storage, get_storage
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+async def app_settings(request: Request) -> Settings:
+    """The settings `create_app` was built with (tests pass their own)."""
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 bearer = HTTPBearer(auto_error=False, description="An API key from `finetune keys create`.")
 
 
@@ -27,7 +40,7 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
         session.close()
 
 
-def storage(settings: SettingsDep) -> Storage:
+async def storage(settings: SettingsDep) -> Storage:
     return get_storage(settings)
 
 
@@ -35,7 +48,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(storage)]
 
 
-def current_tenant(
+async def current_tenant(
     settings: SettingsDep,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -45,7 +58,7 @@ def current_tenant(
         if settings.auth_required:
             raise Unauthorized("an API key is required: Authorization: Bearer <key>")
         return LOCAL_TENANT
-    tenant = tenant_for_key(session, credentials.credentials)
+    tenant = await run_in_threadpool(tenant_for_key, session, credentials.credentials)
     if tenant is None:
         raise Unauthorized("the API key is not valid")
     return tenant

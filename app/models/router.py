@@ -18,7 +18,7 @@ from app.models.schemas import BackboneList, ModelPage, ModelRead, PredictRespon
 router = APIRouter(tags=["models"])
 
 
-def model_cache(request: Request) -> inference.ModelCache:
+async def model_cache(request: Request) -> inference.ModelCache:
     return request.app.state.model_cache
 
 
