@@ -69,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         queue_size=resolved.predict_queue_size,
     )
     app.state.settings = resolved
-    app.state.model_cache = ModelCache(resolved.model_cache_size, resolved.device, batching)
+    app.state.model_cache = ModelCache(
+        resolved.model_cache_size, resolved.device, batching, resolved.predict_precision
+    )
     app.state.rate_limiter = create_limiter(resolved)
     app.state.metrics = Metrics(resolved)
     problems.install(app)

@@ -35,6 +35,7 @@ class LoadedModel:
     std: np.ndarray
     device: str
     lock: threading.Lock
+    amp: Any = None  # the autocast dtype, or None for float32
     batcher: MicroBatcher | None = None
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -42,15 +43,22 @@ class LoadedModel:
         import torch
 
         batch = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
-        with self.lock, torch.inference_mode():
+        device_type = torch.device(self.device).type
+        with (
+            self.lock,
+            torch.inference_mode(),
+            torch.autocast(device_type, dtype=self.amp, enabled=self.amp is not None),
+        ):
             return torch.softmax(self.net(batch).float(), dim=1).cpu().numpy()
 
 
-def _load(path: Path, sha256: str, device: str) -> LoadedModel:
+def _load(path: Path, sha256: str, device: str, precision: str = "fp32") -> LoadedModel:
     import torch
     from safetensors import safe_open
     from safetensors.torch import load_file
     from torchvision import models
+
+    from worker.training.precision import resolve_amp
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,6 +78,7 @@ def _load(path: Path, sha256: str, device: str) -> LoadedModel:
         std=np.array(json.loads(meta["std"]), dtype=np.float32).reshape(1, 3, 1, 1),
         device=device,
         lock=threading.Lock(),
+        amp=resolve_amp("auto" if precision == "auto" else "off", torch.device(device)),
     )
 
 
@@ -85,9 +94,13 @@ class ModelCache:
     """At most `size` models in memory; the least recently used is dropped first."""
 
     def __init__(
-        self, size: int, device: str = "auto", batching: BatchPolicy | None = None
+        self,
+        size: int,
+        device: str = "auto",
+        batching: BatchPolicy | None = None,
+        precision: str = "fp32",
     ) -> None:
-        self.size, self.device = size, device
+        self.size, self.device, self.precision = size, device, precision
         self.batching = batching or BatchPolicy()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -99,7 +112,7 @@ class ModelCache:
             if model_id in self._models:
                 self._models.move_to_end(model_id)
                 return self._models[model_id]
-            loaded = _load(fetch(), sha256, self.device)
+            loaded = _load(fetch(), sha256, self.device, self.precision)
             policy = self.batching
             if policy.enabled:
                 loaded.batcher = MicroBatcher(

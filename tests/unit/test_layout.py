@@ -17,15 +17,17 @@ def _imports_after(module: str) -> set[str]:
     return set(out.stdout.split())
 
 
-# The one module the API shares with the training core: train and serve must decode images
-# identically (Pillow + numpy only, no torch; see its docstring).
-SHARED = {"worker", "worker.training", "worker.training.imaging"}
+# The modules the API shares with the training core: train and serve must decode images
+# identically (imaging: Pillow + numpy only, no torch) and agree on the hardware's native
+# precision (precision: imported only when predict loads a model, never at start).
+SHARED = {"worker", "worker.training", "worker.training.imaging", "worker.training.precision"}
 
 
 def test_api_starts_without_torch_or_worker() -> None:
     loaded = _imports_after("app.main")
     assert "torch" not in loaded and "torchvision" not in loaded
     assert not {m for m in loaded if m == "worker" or m.startswith("worker.")} - SHARED
+    assert "worker.training.precision" not in loaded
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from torch import nn
 from worker.training.backbones import Freezing, build_model
 from worker.training.batches import Batches
 from worker.training.evaluation import confusion_update, macro_f1
+from worker.training.precision import resolve_amp
 from worker.training.spec import TrainSpec
 
 if TYPE_CHECKING:
@@ -22,19 +23,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 where the hardware runs it natively, else fp16 on CUDA."""
-    if mode == "off":
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if native or amx else None
-    return None
 
 
 def build_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:

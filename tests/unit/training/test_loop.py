@@ -5,8 +5,9 @@ import torch
 
 from worker.training.backbones import build_model
 from worker.training.loop import FitCallbacks, TrainingCancelled, fit
+from worker.training.precision import resolve_amp
 from worker.training.spec import TrainSpec
-from worker.training.trainer import build_schedule, resolve_amp
+from worker.training.trainer import build_schedule
 
 CLASSES = tuple(str(i) for i in range(10))
 
