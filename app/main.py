@@ -18,6 +18,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.logs import RequestIdMiddleware
 from app.core.reaper import reap
+from app.core.storage import get_storage
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.models.inference import BatchPolicy, ModelCache
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         queue_size=resolved.predict_queue_size,
     )
     app.state.settings = resolved
+    app.state.storage = get_storage(resolved)
     app.state.model_cache = ModelCache(
         resolved.model_cache_size, resolved.device, batching, resolved.predict_precision
     )

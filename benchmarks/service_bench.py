@@ -21,7 +21,14 @@ from app.core.storage import get_storage
 from benchmarks.common import digits_imagefolder, peak_rss_mib
 from tests.support.client import upload, wait_exports, wait_job
 from tests.support.images import write_zip
-from tests.support.processes import free_port, running, service_env, wait_http, wait_log
+from tests.support.processes import (
+    api_and_trainer,
+    free_port,
+    running,
+    service_env,
+    wait_http,
+    wait_log,
+)
 from worker.jobspec import load_data
 from worker.training.loop import fit
 from worker.training.spec import TrainSpec
@@ -63,17 +70,8 @@ def with_redis(root: Path, database_url: str, redis_url: str) -> Iterator[httpx.
         cpu_queue=f"bench-cpu-{root.name}",
         **FAST_ENV,
     )
-    port = free_port()
-    with (
-        running(
-            ["worker", "--queues", env["FINETUNE_GPU_QUEUE"]], env, root / "worker.log"
-        ) as worker,
-        running(["api", "--port", str(port)], env, root / "api.log") as api,
-    ):
-        wait_log(root / "worker.log", "ready.", worker, timeout=120)
-        wait_http(f"http://127.0.0.1:{port}/readyz", api, root / "api.log", timeout=120)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            yield client
+    with api_and_trainer(env, root, timeout=120) as (client, _):
+        yield client
 
 
 def _archive(workdir: Path, size: int, per_class: int | None) -> Path:

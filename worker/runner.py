@@ -153,9 +153,8 @@ def _record_success(
 ) -> str | None:
     """Succeed the job and create its model; the model id, or None if the fence refused."""
     stale: list[str] = []
-    created: list[str] = []
 
-    def write() -> None:
+    def write() -> str | None:
         with lease.sessions() as session:
             best = session.scalar(
                 select(Checkpoint).where(
@@ -218,7 +217,7 @@ def _record_success(
                 )
             ).rowcount:
                 session.rollback()
-                return
+                return None
             session.add(model)
             stale[:] = session.scalars(
                 select(Checkpoint.resume_key).where(
@@ -236,12 +235,12 @@ def _record_success(
                 {"status": "succeeded", "model_id": model.id, "best_epoch": result.best_epoch},
             )
             session.commit()
-            created[:] = [model.id]
+            return model.id
 
-    retrying(write)
+    model_id = retrying(write)
     for key in stale:  # a finished job never resumes: drop its optimiser state
         storage.delete(key)
-    return created[0] if created else None
+    return model_id
 
 
 @contextmanager

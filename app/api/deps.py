@@ -19,7 +19,7 @@ from app.core.db import get_sessionmaker
 from app.core.errors import Unauthorized
 from app.core.keys import tenant_for_key
 from app.core.models import LOCAL_TENANT
-from app.core.storage import Storage, get_storage
+from app.core.storage import Storage
 
 
 async def app_settings(request: Request) -> Settings:
@@ -40,8 +40,9 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
         session.close()
 
 
-async def storage(settings: SettingsDep) -> Storage:
-    return get_storage(settings)
+async def storage(request: Request) -> Storage:
+    """The backend `create_app` built once (an fsspec filesystem is not free to set up)."""
+    return request.app.state.storage
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

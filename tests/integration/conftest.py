@@ -13,7 +13,10 @@ from torchvision import models
 
 from app.core.db import get_engine
 from tests.support.images import digit_members, write_zip
-from tests.support.processes import free_port, running, service_env, wait_http, wait_log
+from tests.support.processes import (
+    api_and_trainer,
+    service_env,
+)
 
 
 @pytest.fixture
@@ -65,19 +68,8 @@ def service(
         progress_interval_s="0.5",
         cancel_poll_interval_s="0.25",
     )
-    port = free_port()
-    with (
-        # Training only: exports on every finished job would slow the suite's two cores;
-        # the cpu queue has its own test (storage/test_s3_fleet.py).
-        running(
-            ["worker", "--queues", env["FINETUNE_GPU_QUEUE"]], env, root / "worker.log"
-        ) as worker,
-        running(["api", "--port", str(port)], env, root / "api.log") as api,
-    ):
-        wait_log(root / "worker.log", "ready.", worker)
-        wait_http(f"http://127.0.0.1:{port}/readyz", api, root / "api.log")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield Service(client, root / "var", torch_home, root / "worker.log")
+    with api_and_trainer(env, root) as (client, worker_log):
+        yield Service(client, root / "var", torch_home, worker_log)
 
 
 @dataclass

@@ -87,3 +87,24 @@ def wait_log(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float
             raise RuntimeError(f"process exited {proc.returncode}:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     raise TimeoutError(f"{text!r} not in log after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def api_and_trainer(
+    env: dict[str, str], root: Path, timeout: float = 60
+) -> Iterator[tuple[httpx.Client, Path]]:
+    """An API on a free port and a worker on the gpu queue only; its client and worker log.
+
+    Training only: exports after every finished job would slow two cores for nothing in
+    tests and benchmarks that do not look at them (storage/test_s3_fleet.py does).
+    """
+    port = free_port()
+    worker_log = root / "worker.log"
+    with (
+        running(["worker", "--queues", env["FINETUNE_GPU_QUEUE"]], env, worker_log) as worker,
+        running(["api", "--port", str(port)], env, root / "api.log") as api,
+    ):
+        wait_log(worker_log, "ready.", worker, timeout)
+        wait_http(f"http://127.0.0.1:{port}/readyz", api, root / "api.log", timeout)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout) as client:
+            yield client, worker_log
