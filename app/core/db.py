@@ -32,16 +32,23 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 _ENGINES: dict[str, Engine] = {}
 
+# The API serves up to 40 requests at once (AnyIO's thread pool). With SQLAlchemy's default
+# pool of 5 (+10 overflow), every request beyond the fifth opened a connection and closed it
+# again afterwards, and requests beyond the fifteenth queued for one: under 8 concurrent GETs
+# that churn was a visible share of the API's time. Connections are opened only when needed
+# and then kept, so an idle worker still holds one or two.
+POOL = {"pool_size": 20, "max_overflow": 20}
+
 
 def get_engine(url: str) -> Engine:
     """One pooled engine per database URL and process."""
     engine = _ENGINES.get(url)
     if engine is None:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False})
+            engine = create_engine(url, connect_args={"check_same_thread": False}, **POOL)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(url, pool_pre_ping=True, **POOL)
         _ENGINES[url] = engine
     return engine
 

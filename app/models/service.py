@@ -36,6 +36,9 @@ def predict(
 ) -> list[dict]:
     """Top-k predictions for each (filename, bytes); every unreadable file is named in the 422."""
     row = get(session, tenant, model_id)
+    # A request may wait for its micro-batch: hand the pooled connection back first, so that
+    # waiting requests never hold the pool against the requests they would be batched with.
+    session.close()
     loaded = cache.get(row.id, lambda: storage.local(row.storage_key), row.sha256)
     images, errors = [], []
     for name, data in files:

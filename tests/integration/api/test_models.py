@@ -6,9 +6,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load
+from sqlalchemy.orm import Session
 from torchvision import models
 
 from app.core.config import Settings
+from app.core.models import Model
 from app.core.storage import get_storage
 from tests.support.factories import make_model
 from tests.support.images import digit_members
@@ -59,6 +61,30 @@ def test_predict_top_k_caps_at_class_count_and_reuses_the_loaded_model(
         assert sum(s["score"] for s in p["top_k"]) == pytest.approx(1.0, abs=1e-4)
     client.post(f"/v1/models/{model['id']}/predict", files=files[:1])
     assert client.app.state.model_cache.loads == 1  # type: ignore[attr-defined]
+
+
+def test_predict_hands_its_connection_back_before_the_forward(
+    client: TestClient, model: dict, db_session: Session, settings: Settings
+) -> None:
+    """A request waiting for its micro-batch must not hold a pooled connection meanwhile."""
+    _, held = digit_members(range(1), per_class=0, holdout=1, size=24)
+    files = [("files", ("0.png", held[0][0], "image/png"))]
+    url = f"/v1/models/{model['id']}/predict"
+    assert client.post(url, files=files).status_code == 200
+    row = db_session.get(Model, model["id"])
+    cache = client.app.state.model_cache  # type: ignore[attr-defined]
+    loaded = cache.get(row.id, lambda: get_storage(settings).local(row.storage_key), row.sha256)
+    forward, seen = loaded.probabilities, []
+
+    def watched(x):  # type: ignore[no-untyped-def]
+        seen.append(db_session.in_transaction())
+        return forward(x)
+
+    loaded.probabilities = watched
+    if loaded.batcher is not None:
+        loaded.batcher.forward = watched
+    assert client.post(url, files=files).status_code == 200
+    assert seen == [False]
 
 
 def test_predict_names_the_unreadable_file(client: TestClient, model: dict) -> None:
