@@ -115,10 +115,24 @@ def _dispatch(
     }
 
 
-def _core_seconds(data_dir: Path, dataset: dict[str, Any], spec_body: dict[str, Any]) -> float:
-    """The training core alone on the same stored dataset: decode + split + fit."""
-    settings = Settings(data_dir=data_dir / "core")
-    storage = get_storage(Settings(data_dir=data_dir / "var"))
+def _timed_job(client: httpx.Client, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Submit a job and wait for it: the job and its wall time, POST to a final state."""
+    start = time.perf_counter()
+    job = client.post("/v1/jobs", json=body).raise_for_status().json()
+    job = wait_job(client, job["id"], timeout=1800)
+    return job, time.perf_counter() - start
+
+
+def _core_seconds(
+    work_dir: Path, service_dir: Path, dataset: dict[str, Any], spec_body: dict[str, Any]
+) -> float:
+    """The training core alone on the service's stored dataset: decode + split + fit.
+
+    `work_dir` holds the core's own decode cache, which warms up as the service's does: the
+    first run decodes the images, later runs on the same setting reuse them.
+    """
+    settings = Settings(data_dir=work_dir)
+    storage = get_storage(Settings(data_dir=service_dir / "var"))
     row = SimpleNamespace(
         id=dataset["id"], classes=dataset["classes"], storage_key=f"datasets/{dataset['id']}"
     )
@@ -205,24 +219,21 @@ def run(
     root = workdir / "embedded"
     with embedded(root) as client:
         dataset = upload(client, archive).raise_for_status().json()
-        start = time.perf_counter()
-        job = (
-            client.post("/v1/jobs", json={"dataset_id": dataset["id"], **spec})
-            .raise_for_status()
-            .json()
-        )
-        job = wait_job(client, job["id"], timeout=1800)
-        wall = time.perf_counter() - start
-        # The cpu queue exports the new model now; let it finish before timing the core alone.
-        wait_exports(client, job["model_id"])
-        core = _core_seconds(root, dataset, spec)
+        walls, cores = [], []
+        for _ in range(1 if tiny else 3):
+            job, wall = _timed_job(client, {"dataset_id": dataset["id"], **spec})
+            # The cpu queue exports the new model now; let it finish before timing the core.
+            wait_exports(client, job["model_id"])
+            walls.append(wall)
+            cores.append(_core_seconds(root / "core", root, dataset, spec))
+        service_s, core_s = statistics.median(walls), statistics.median(cores)
         rows.append(
             {
                 "benchmark": "service overhead",
-                "setting": f"resnet18 {size}px ×{epochs} ep, embedded",
-                "reference s": core,
-                "service s": wall,
-                "ratio": wall / core,
+                "setting": f"resnet18 {size}px ×{epochs} ep, embedded, median of {len(walls)}",
+                "reference s": core_s,
+                "service s": service_s,
+                "ratio": service_s / core_s,
             }
         )
         rows.append(_dispatch(client, dataset, spec, 3 if tiny else 5, "embedded broker"))
