@@ -2,11 +2,11 @@
 
 FastAPI runs every plain `def` dependency in its thread pool: one thread hop each, on
 every request. Those that never block (settings, storage, the tenant without a key) are
-`async def`, so a GET pays only the hops of its session and its endpoint; the key lookup,
-which queries the database, still runs in the pool.
+`async def`, so a GET pays only the hops of its endpoint and of closing its session; the
+key lookup, which queries the database, still runs in the pool.
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -31,13 +31,20 @@ SettingsDep = Annotated[Settings, Depends(app_settings)]
 bearer = HTTPBearer(auto_error=False, description="An API key from `finetune keys create`.")
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    """One session per request; services commit, anything left open is rolled back."""
+async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    """One session per request; services commit, anything left open is rolled back.
+
+    A new session holds no connection, so it is made on the event loop. Closing one that
+    still holds a transaction rolls it back over the network: that happens in the pool.
+    """
     session = get_sessionmaker(settings.database_url)()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 async def storage(request: Request) -> Storage:
