@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,29 +83,30 @@ def main(argv: list[str] | None = None) -> None:
         args.results_md.write_text(results_markdown(info, rows))
 
 
+@dataclass(frozen=True)
+class Target:
+    bench: str
+    setting: str  # a part of the row's setting
+    column: str
+    op: str  # ">=" or "<="
+    value: float
+    text: str  # what the issue asks
+    ceiling: str | None = None  # the column with this hardware's bound, where one is measured
+
+
 TARGETS = [
-    # (benchmark, setting contains, column, comparison, target, what the issue asks)
-    ("training throughput", "32px", "ratio", ">=", 1.3, "≥1.3× the textbook loop at 32 px"),
-    ("training throughput", "224px", "ratio", ">=", 3.5, "≥3.5× the textbook loop at 224 px"),
-    ("service overhead", "", "ratio", "<=", 1.10, "job wall time ≤1.10× the core's time"),
-    (
-        "linear probe epoch",
-        "",
-        "ratio",
-        "<=",
-        0.10,
-        "cached-feature epoch ≤0.1× a full forward epoch",
-    ),
-    (
-        "predict, 32 concurrent clients",
-        "",
-        "ratio",
-        ">=",
-        3.0,
-        "micro-batching ≥3× one forward each",
-    ),
-    ("GET /v1/jobs/{id} while training", "", "p99 ms", "<=", 50.0, "p99 <50 ms while a job trains"),
-]
+    Target("training throughput", "32px", "ratio", ">=", 1.3, "≥1.3× the textbook loop at 32 px",
+           "model-only ratio"),
+    Target("training throughput", "224px", "ratio", ">=", 3.5,
+           "≥3.5× the textbook loop at 224 px", "model-only ratio"),
+    Target("service overhead", "", "ratio", "<=", 1.10, "job wall time ≤1.10× the core's time"),
+    Target("linear probe epoch", "", "ratio", "<=", 0.10,
+           "cached-feature epoch ≤0.1× a full forward epoch"),
+    Target("predict, 32 concurrent clients", "", "ratio", ">=", 3.0,
+           "micro-batching ≥3× one forward each", "forward ceiling ratio"),
+    Target("GET /v1/jobs/{id} while training", "", "p99 ms", "<=", 50.0,
+           "p99 <50 ms while a job trains"),
+]  # fmt: skip
 
 
 NOTES = """
@@ -116,14 +118,20 @@ NOTES = """
   moved by ±20 % between runs of the same code (see the history in the issue notes).
 - The 224 px rows train from random initialisation for two short epochs, so both loops stay
   at chance accuracy there; the 32 px row is the accuracy comparison (equal within noise).
-- On this CPU the model itself is the bottleneck at 224 px: ResNet18 fwd+bwd in bf16 with
-  channels_last ran at about 55 img/s in isolation on a quiet machine, the ceiling of the
-  service's row; the textbook loop loses most to fp32 and PIL resizing in DataLoader workers
-  that compete for the same two cores.
-- Service overhead on this setting (10 epochs of about 1.5 s each) comes mostly from the
-  per-epoch checkpoint: 45 MB of weights and 45 MB of optimizer state serialised, hashed
-  and fsynced each epoch (about 0.3 s of CPU, measured alone) by a background thread that
-  competes with training for the two cores. Epochs of minutes make it negligible.
+- At 224 px the model itself is the bottleneck on this CPU: convolutions are ~80 % of a
+  step (torch.profiler), and `model-only ratio` (bf16 + channels_last steps against fp32
+  steps on resident tensors) bounds what any loop can reach against the fp32 textbook
+  loop. The service's row lands at or above that bound, because the textbook loop also pays
+  for PIL decoding in DataLoader workers that compete for the same two cores; a ratio of
+  3.5× would need a bigger bf16 speed-up than this CPU's matrix units give.
+- Service overhead is the median of three job/core pairs run back to back (single pairs
+  swung between 0.91 and 1.40 within ten minutes). What the service adds per epoch is the
+  checkpoint: 45 MB of weights and 45 MB of optimizer state serialised, hashed and fsynced
+  (about 0.2 s of CPU) by a background thread that competes with training for two cores.
+  Epochs of minutes make it negligible.
+- Micro-batching cannot give more than `forward ceiling ratio`: a 32-image forward of the
+  served model against 32 one-image forwards, in-process. On this CPU a one-image forward
+  already keeps both cores busy, so batching gains ~2.5×, not the ≥10× of a GPU.
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
@@ -145,17 +153,24 @@ def results_markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "",
         "## Targets",
         "",
-        "| target | measured | met |",
-        "|---|---|---|",
+        "`ceiling here`: the same ratio for the model alone on this hardware, with no data path,",
+        "HTTP or queueing, measured in the same run: the most those settings can give here.",
+        "",
+        "| target | measured | ceiling here | met |",
+        "|---|---|---|---|",
     ]
-    for bench, setting, column, op, target, text in TARGETS:
-        row = next((r for r in rows if r["benchmark"] == bench and setting in r["setting"]), None)
-        if row is None or row.get(column) is None:
-            lines.append(f"| {text} | not measured here | |")
+    for t in TARGETS:
+        row = next(
+            (r for r in rows if r["benchmark"] == t.bench and t.setting in r["setting"]), None
+        )
+        if row is None or row.get(t.column) is None:
+            lines.append(f"| {t.text} | not measured here | | |")
             continue
-        value = row[column]
-        met = value >= target if op == ">=" else value <= target
-        lines.append(f"| {text} | {value:.3g} | {'yes' if met else 'no'} |")
+        value = row[t.column]
+        met = value >= t.value if t.op == ">=" else value <= t.value
+        bound = row.get(t.ceiling) if t.ceiling else None
+        limit = f"{bound:.3g}" if bound is not None else ""
+        lines.append(f"| {t.text} | {value:.3g} | {limit} | {'yes' if met else 'no'} |")
     return "\n".join(lines) + "\n" + NOTES
 
 

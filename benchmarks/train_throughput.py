@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torchvision import models
 
 from benchmarks import reference_loop
 from benchmarks.common import digits_imagefolder, peak_cuda_mib, peak_rss_mib
 from worker.training.data import ImageSet, TrainData, cached_images
 from worker.training.loop import fit
+from worker.training.precision import resolve_amp
 from worker.training.spec import TrainSpec
 
 
@@ -58,6 +61,41 @@ def service_core(
     }
 
 
+def step_ceiling(backbone: str, size: int, classes: int, batch: int = 32) -> float:
+    """The model alone: training steps on resident tensors, service settings ÷ reference's.
+
+    The service's precision (bf16 where native) and channels_last against fp32 in the
+    default memory format, with no data path at all: the most any loop can gain from them
+    on this hardware, and so the ceiling of the throughput ratio.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rates = {}
+    settings = {
+        "reference": (None, torch.contiguous_format),
+        "service": (resolve_amp("auto", device), torch.channels_last),
+    }
+    for name, (amp, layout) in settings.items():
+        torch.manual_seed(0)
+        model = models.get_model(backbone, weights=None, num_classes=classes)
+        model = model.to(device, memory_format=layout)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
+        y = torch.randint(0, classes, (batch,), device=device)
+        times = []
+        for _ in range(4):  # the first step pays for kernel selection and is dropped
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        rates[name] = batch / min(times[1:])
+    return rates["service"] / rates["reference"]
+
+
 def configs(tiny: bool) -> list[dict[str, Any]]:
     if tiny:
         return [{"backbone": "resnet18", "size": 16, "epochs": 1, "per_class": 12}]
@@ -88,6 +126,9 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
                 "reference img/s": ref["images_per_second"],
                 "service img/s": ours["images_per_second"],
                 "ratio": ours["images_per_second"] / ref["images_per_second"],
+                "model-only ratio": step_ceiling(
+                    cfg["backbone"], cfg["size"], len(data.classes), 8 if tiny else 32
+                ),
                 "reference acc": ref["accuracy"],
                 "service acc": ours["accuracy"],
                 "peak RSS MiB": peak_rss_mib(),

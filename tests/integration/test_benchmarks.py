@@ -32,4 +32,7 @@ def test_benchmarks_run_on_the_tiny_setting(tmp_path: Path) -> None:
         "predict, 32 concurrent clients",
     } <= names
     assert all(row.get("ratio", 1) > 0 for row in results["rows"])
+    ceilings = {"training throughput": "model-only ratio", "predict": "forward ceiling ratio"}
+    for prefix, ceiling in ceilings.items():
+        assert all(r[ceiling] > 0 for r in results["rows"] if r["benchmark"].startswith(prefix))
     assert "| benchmark |" in done.stdout and results["machine"]["torch"]
