@@ -103,6 +103,7 @@ def fit(
     callbacks.on_start(
         {
             "device": str(trainer.device),
+            "cpu_threads": torch.get_num_threads(),
             "precision": str(trainer.amp).removeprefix("torch.") if trainer.amp else "float32",
             "trainable_parameters": sum(
                 p.numel() for p in trainer.model.parameters() if p.requires_grad

@@ -55,6 +55,7 @@ def test_full_fine_tuning_learns_real_digits(digits_data) -> None:  # type: igno
     assert rec.info["trainable_parameters"] == sum(
         p.numel() for p in build_model(spec())[0].parameters()
     )
+    assert rec.info["cpu_threads"] == torch.get_num_threads()  # shown in the job's events
 
 
 def _changed(before: dict, after: dict) -> set[str]:
