@@ -1,9 +1,11 @@
 """Shared pieces: the benchmark dataset on disk, timing, memory, tables."""
 
 import json
+import math
 import platform
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,20 @@ def digits_imagefolder(
                 )
                 img.convert("RGB").save(folder / f"{i}.png")
     return ImageFolderData(root, classes)
+
+
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` timed calls, after one untimed call that selects kernels.
+
+    The minimum, not the mean: on a shared machine every disturbance only adds time.
+    """
+    run()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def peak_rss_mib() -> float:

@@ -20,7 +20,7 @@ import numpy as np
 from app.core.config import Settings
 from app.core.storage import get_storage, sha256_file
 from app.models.inference import BatchPolicy, ModelCache
-from benchmarks.common import digits_imagefolder, peak_rss_mib
+from benchmarks.common import best_seconds, digits_imagefolder, peak_rss_mib
 from tests.support.client import upload, wait_exports, wait_job
 from tests.support.images import write_zip
 from tests.support.processes import (
@@ -213,13 +213,7 @@ def _batching_ceiling(weights: Path, batch: int) -> float:
     rates = []
     for n in (1, batch):
         x = np.random.default_rng(0).standard_normal((n, 3, size, size)).astype(np.float32)
-        model.probabilities(x)  # kernel selection for this shape
-        times = []
-        for _ in range(max(3, 64 // n)):
-            start = time.perf_counter()
-            model.probabilities(x)
-            times.append(time.perf_counter() - start)
-        rates.append(n / min(times))
+        rates.append(n / best_seconds(lambda x=x: model.probabilities(x), max(3, 64 // n)))
     return rates[1] / rates[0]
 
 

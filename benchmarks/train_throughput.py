@@ -14,7 +14,7 @@ from torch import nn
 from torchvision import models
 
 from benchmarks import reference_loop
-from benchmarks.common import digits_imagefolder, peak_cuda_mib, peak_rss_mib
+from benchmarks.common import best_seconds, digits_imagefolder, peak_cuda_mib, peak_rss_mib
 from worker.training.data import ImageSet, TrainData, cached_images
 from worker.training.loop import fit
 from worker.training.precision import resolve_amp
@@ -61,6 +61,35 @@ def service_core(
     }
 
 
+def _train_images_per_second(
+    backbone: str,
+    size: int,
+    classes: int,
+    batch: int,
+    amp: torch.dtype | None,
+    layout: torch.memory_format,
+) -> float:
+    """Images/s of full training steps on one resident batch (no data path at all)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = models.get_model(backbone, weights=None, num_classes=classes)
+    model = model.to(device, memory_format=layout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
+    y = torch.randint(0, classes, (batch,), device=device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return batch / best_seconds(step, 3)
+
+
 def model_only_ratio(backbone: str, size: int, classes: int, batch: int = 32) -> float:
     """The model alone: training steps on resident tensors, service settings ÷ reference's.
 
@@ -70,31 +99,12 @@ def model_only_ratio(backbone: str, size: int, classes: int, batch: int = 32) ->
     (the textbook loop decodes with PIL every step).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rates = {}
-    settings = {
-        "reference": (None, torch.contiguous_format),
-        "service": (resolve_amp("auto", device), torch.channels_last),
-    }
-    for name, (amp, layout) in settings.items():
-        torch.manual_seed(0)
-        model = models.get_model(backbone, weights=None, num_classes=classes)
-        model = model.to(device, memory_format=layout)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
-        y = torch.randint(0, classes, (batch,), device=device)
-        times = []
-        for _ in range(4):  # the first step pays for kernel selection and is dropped
-            start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        rates[name] = batch / min(times[1:])
-    return rates["service"] / rates["reference"]
+    amp = resolve_amp("auto", device)
+    service = _train_images_per_second(backbone, size, classes, batch, amp, torch.channels_last)
+    reference = _train_images_per_second(
+        backbone, size, classes, batch, None, torch.contiguous_format
+    )
+    return service / reference
 
 
 def configs(tiny: bool) -> list[dict[str, Any]]:

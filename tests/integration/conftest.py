@@ -13,10 +13,7 @@ from torchvision import models
 
 from app.core.db import get_engine
 from tests.support.images import digit_members, write_zip
-from tests.support.processes import (
-    api_and_trainer,
-    service_env,
-)
+from tests.support.processes import api_and_trainer, service_env
 
 
 @pytest.fixture
