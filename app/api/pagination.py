@@ -6,17 +6,19 @@ from fastapi import Query
 from pydantic import BaseModel, Field
 from sqlalchemy import Select
 
+from app.core import ids
+
 T = TypeVar("T")
 
 LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]
-# Cursors are ids this service issued (letters, digits, `_`); anything else, such as a NUL
-# byte that Postgres refuses in text, is a 422 naming `after` rather than a database error.
+# Cursors are ids this service issued; anything else, such as a NUL byte that Postgres
+# refuses in text, is a 422 naming `after` rather than a database error.
 AfterQuery = Annotated[
     str | None,
     Query(
         description="`next_cursor` of the previous page.",
         examples=["job_0192f3a1b2c3d4e5f6a7"],
-        pattern="^[A-Za-z0-9_-]{1,64}$",
+        pattern=ids.PATTERN,
     ),
 ]
 

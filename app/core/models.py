@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -16,11 +16,13 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.core.db import Base
+from app.core.ids import could_be_id
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments an INTEGER PRIMARY KEY, Postgres wants a 64-bit identity.
@@ -204,3 +206,17 @@ class Worker(Base):
     queues: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+Owned = TypeVar("Owned", Dataset, Job, Checkpoint, Model)
+
+
+def owned(session: Session, entity: type[Owned], tenant: str, id_: str) -> Owned | None:
+    """The tenant's row of `entity` with this id, or None: another tenant's is as missing.
+
+    A string that cannot be an id is answered without a query (it would be a database
+    error, not a miss, for a NUL byte on Postgres).
+    """
+    if not could_be_id(id_):
+        return None
+    return session.scalar(select(entity).where(entity.id == id_, entity.tenant_id == tenant))

@@ -36,7 +36,11 @@ def upload_dataset(
     _: UploadLimit,
     file: Annotated[UploadFile, File(description="The archive.")],
     name: Annotated[
-        str | None, Form(description="Display name; defaults to the file name.")
+        str | None,
+        Form(
+            description="Display name; defaults to the file name. No control characters.",
+            pattern=service.DISPLAY_NAME,
+        ),
     ] = None,
 ) -> DatasetRead:
     row = service.create(session, settings, storage, tenant, file.file, file.filename, name)

@@ -1,6 +1,7 @@
 """Dataset use cases: validate and store uploads, list, get, delete."""
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 from typing import BinaryIO
@@ -12,7 +13,7 @@ from app.api.pagination import paginate
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
-from app.core.models import ACTIVE_STATUSES, Dataset, Job
+from app.core.models import ACTIVE_STATUSES, Dataset, Job, owned
 from app.core.storage import Storage
 from app.datasets.archive import Limits, extract_dataset
 
@@ -39,10 +40,16 @@ def archive_limits(settings: Settings) -> Limits:
     )
 
 
+# Postgres refuses NUL in text, and no other control character belongs in a name either.
+DISPLAY_NAME = r"^[^\x00-\x1f\x7f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _display_name(name: str | None, filename: str | None) -> str:
+    """The name given (the API checked it), else the file's name without control characters."""
     if name and name.strip():
         return name.strip()[:200]
-    stem = Path(filename or "dataset").name
+    stem = Path(_CONTROL.sub("", filename or "dataset")).name
     for suffix in (".gz", ".tgz", ".tar", ".zip"):
         stem = stem.removesuffix(suffix)
     return stem[:200] or "dataset"
@@ -95,9 +102,7 @@ def create(
 
 def get(session: Session, tenant: str, dataset_id: str) -> Dataset:
     """The tenant's dataset; another tenant's answers exactly as a missing one."""
-    row = session.scalar(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant)
-    )
+    row = owned(session, Dataset, tenant, dataset_id)
     if row is None:
         raise NotFound(f"dataset {dataset_id} does not exist", code="dataset_not_found")
     return row

@@ -15,7 +15,7 @@ from app.core.config import Settings
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.events import add_event
 from app.core.ids import new_id
-from app.core.models import Checkpoint, Job, JobEvent, JobStatus, Worker, utcnow
+from app.core.models import Checkpoint, Job, JobEvent, JobStatus, Worker, owned, utcnow
 from app.jobs import plots
 from app.jobs.schemas import JobCreate
 from app.jobs.validation import check_spec
@@ -79,7 +79,7 @@ def create(
 
 def get(session: Session, tenant: str, job_id: str) -> Job:
     """The tenant's job; another tenant's answers exactly as a missing one."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant))
+    job = owned(session, Job, tenant, job_id)
     if job is None:
         raise NotFound(f"job {job_id} does not exist", code="job_not_found")
     return job
@@ -214,8 +214,8 @@ def checkpoints(session: Session, tenant: str, job_id: str) -> list[Checkpoint]:
 
 
 def checkpoint(session: Session, tenant: str, job_id: str, checkpoint_id: str) -> Checkpoint:
-    row = session.get(Checkpoint, checkpoint_id)
-    if row is None or row.job_id != job_id or row.tenant_id != tenant:
+    row = owned(session, Checkpoint, tenant, checkpoint_id)
+    if row is None or row.job_id != job_id:
         raise NotFound(f"checkpoint {checkpoint_id} does not exist", code="checkpoint_not_found")
     return row
 

@@ -1,11 +1,10 @@
 """Checks of a job spec that need the database or torchvision's registry."""
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core import registry
 from app.core.errors import Invalid, field_error
-from app.core.models import Dataset, Model
+from app.core.models import Dataset, Model, owned
 from app.jobs.schemas import JobCreate, ModelRef
 
 
@@ -15,9 +14,7 @@ def _invalid(field: str, message: str, code: str) -> Invalid:
 
 def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
     """Raise a 422 naming the field for anything the worker could not run; return the dataset."""
-    dataset = session.scalar(
-        select(Dataset).where(Dataset.id == spec.dataset_id, Dataset.tenant_id == tenant)
-    )
+    dataset = owned(session, Dataset, tenant, spec.dataset_id)
     if dataset is None:
         raise _invalid(
             "dataset_id", f"dataset {spec.dataset_id} does not exist", "dataset_not_found"
@@ -29,9 +26,7 @@ def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
             "backbone_unknown",
         )
     if isinstance(spec.weights, ModelRef):
-        model = session.scalar(
-            select(Model).where(Model.id == spec.weights.model_id, Model.tenant_id == tenant)
-        )
+        model = owned(session, Model, tenant, spec.weights.model_id)
         if model is None:
             raise _invalid(
                 "weights.model_id",

@@ -6,14 +6,14 @@ from sqlalchemy.orm import Session
 from app.api.pagination import paginate
 from app.core.errors import Invalid, NotFound, field_error
 from app.core.exports import ensure_export
-from app.core.models import Model
+from app.core.models import Model, owned
 from app.core.storage import Storage
 from app.models import inference
 
 
 def get(session: Session, tenant: str, model_id: str) -> Model:
     """The tenant's model; another tenant's answers exactly as a missing one."""
-    row = session.scalar(select(Model).where(Model.id == model_id, Model.tenant_id == tenant))
+    row = owned(session, Model, tenant, model_id)
     if row is None:
         raise NotFound(f"model {model_id} does not exist", code="model_not_found")
     return row
