@@ -104,8 +104,8 @@ TARGETS = [
            "cached-feature epoch ≤0.1× a full forward epoch"),
     Target("predict, 32 concurrent clients", "", "ratio", ">=", 3.0,
            "micro-batching ≥3× one forward each", "forward ceiling ratio"),
-    Target("GET /v1/jobs/{id} while training", "", "p99 ms", "<=", 50.0,
-           "p99 <50 ms while a job trains"),
+    Target("GET /v1/jobs/{id} while training", "offered", "p99 ms", "<=", 50.0,
+           "p99 <50 ms while a job trains (100 req/s offered)"),
 ]  # fmt: skip
 
 
@@ -137,6 +137,12 @@ NOTES = """
 - Micro-batching cannot give more than `forward ceiling ratio`: a 32-image forward of the
   served model against 32 one-image forwards, in-process. On this CPU a one-image forward
   already keeps both cores busy, so batching gains 2.5–3× at most, not the ≥10× of a GPU.
+- API latency is measured two ways. The target row offers 100 requests/s on an open loop
+  (the load of a hundred clients polling their job once a second): each request has a due
+  time and its latency counts from it, so a stalled server is charged for every request it
+  held up. The saturated row runs 8 clients flat out; its latency is mostly the server's
+  own queue (clients ÷ throughput), so it shows capacity (req/s), not the latency of a
+  stated load.
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
