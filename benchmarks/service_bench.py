@@ -194,22 +194,27 @@ def _paced(
     total = int(rate * seconds)
     due = itertools.count()
     latencies: list[float] = []
-    start = time.perf_counter() + 0.2
+    # Clients are built and connected before the clock starts: building eight at once
+    # (an SSL context each) held the GIL long enough to make the first requests late.
+    owns = [httpx.Client(base_url=client.base_url, timeout=30) for _ in range(threads)]
+    for own in owns:
+        own.get(path).raise_for_status()
+    start = time.perf_counter() + 0.05
 
-    def loop() -> None:
-        with httpx.Client(base_url=client.base_url, timeout=30) as own:
-            own.get(path).raise_for_status()  # connect before the clock starts
-            while (i := next(due)) < total:
-                at = start + i / rate
-                time.sleep(max(0.0, at - time.perf_counter()))
-                own.get(path).raise_for_status()
-                latencies.append(time.perf_counter() - at)
+    def loop(own: httpx.Client) -> None:
+        while (i := next(due)) < total:
+            at = start + i / rate
+            time.sleep(max(0.0, at - time.perf_counter()))
+            own.get(path).raise_for_status()
+            latencies.append(time.perf_counter() - at)
 
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    workers = [threading.Thread(target=loop, args=(own,)) for own in owns]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
+    for own in owns:
+        own.close()
     q = statistics.quantiles(latencies, n=100)
     wall = time.perf_counter() - start
     return {"p50 ms": q[49] * 1000, "p99 ms": q[98] * 1000, "req/s": len(latencies) / wall}
