@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from worker.training.precision import resolve_amp
+
 
 @dataclass
 class ImageFolderData:
@@ -81,6 +83,10 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "threads": torch.get_num_threads(),
+        # Same model name, different hosts: the instruction set decides the training rows
+        # (bf16 autocast only where the CPU runs bf16 natively).
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "cpu autocast": str(resolve_amp("auto", torch.device("cpu")) or "off (fp32)"),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

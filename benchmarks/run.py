@@ -116,33 +116,37 @@ NOTES = """
   at 32 px measured 759 img/s in one run and 466 img/s two hours later. Compare ratios
   within one run; figures from different runs are not comparable, and ratios themselves
   moved by ±20 % between runs of the same code (see the history in the issue notes).
+- Runs also land on different hosts under the same CPU name; the header's instruction set
+  and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
+  service trains in bf16 + channels_last: on such a host bf16 steps alone were 2.26× fp32
+  steps at 224 px, and the rows were 1.50× (32 px) and 2.66× (224 px). On an AVX2 host bf16
+  is emulated and slower than fp32, so the service trains in fp32, `model-only ratio` is
+  about 1 and the training rows show only what the data path gains.
 - The 224 px rows train from random initialisation for two short epochs, so both loops stay
   at chance accuracy there; the 32 px row is the accuracy comparison (equal within noise).
 - At 224 px the model itself is the bottleneck on this CPU: convolutions are ~80 % of a
-  step (torch.profiler), and `model-only ratio` (bf16 + channels_last steps against fp32
-  steps on resident tensors) is what precision and layout alone give. The service's row
-  lands above it only because the textbook loop also pays for PIL decoding in DataLoader
-  workers that compete for the same two cores; 3.5× would need a bigger bf16 speed-up
-  than this CPU's matrix units give.
+  step (torch.profiler), and `model-only ratio` (the service's precision and layout against
+  fp32 steps, on resident tensors) is what they alone give. The service's row lands above it
+  only because the textbook loop also pays for PIL decoding in DataLoader workers that
+  compete for the same two cores; 3.5× would need a bigger bf16 speed-up than the matrix
+  units of these CPUs give.
 - Service overhead is the median of three job/core pairs run back to back (single pairs
-  swung between 0.91 and 1.40 within ten minutes). It is not the service's own per-epoch
-  work: measured inside a job, the epoch-end snapshot takes ~25 ms, each progress or event
-  commit 2–10 ms and each cancel check ~1 ms, and adding the background checkpoint writer
-  (90 MB serialised, hashed and fsynced per epoch) to the bare core did not slow it
-  (22.3 vs 23.0 s and 25.0 vs 26.2 s for ten epochs, alternated). What differs is the speed
-  of the training steps themselves in the Celery pool child against the benchmark's own
-  process (e.g. 413–753 against 494–657 img/s per epoch in one pair); the cause is not
-  found yet; running the child at normal priority (`FINETUNE_WORKER_NICE=0`) did not
-  change it.
-- Micro-batching cannot give more than `forward ceiling ratio`: a 32-image forward of the
-  served model against 32 one-image forwards, in-process. On this CPU a one-image forward
-  already keeps both cores busy, so batching gains 2.5–3× at most, not the ≥10× of a GPU.
+  swung between 0.91 and 1.40 within ten minutes). CPU accounting of every process during
+  a 47 s job: the API, the Celery parent and the CPU-queue worker together used under 1 s;
+  the pool child used 89 CPU-s against the bare core's 84–88 s. The service's own
+  per-epoch work is small (epoch-end snapshot ~25 ms, each progress or event commit
+  2–10 ms, each cancel check ~1 ms; the background checkpoint writer did not slow the bare
+  core). Measured on a slow day the ratio was 1.05–1.16; an earlier run on a faster host
+  measured 1.50, with the steps themselves slower in the pool child, cause not found.
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it
   held up. The saturated row runs 8 clients flat out; its latency is mostly the server's
   own queue (clients ÷ throughput), so it shows capacity (req/s), not the latency of a
   stated load.
+- Micro-batching cannot give more than `forward ceiling ratio`: a 32-image forward of the
+  served model against 32 one-image forwards, in-process. On this CPU a one-image forward
+  already keeps both cores busy, so batching gains 2–3× at most, not the ≥10× of a GPU.
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
@@ -155,7 +159,8 @@ def results_markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "# Benchmark results",
         "",
         f"Last full run of `make bench`: {info['date']}, {info['cpu']} "
-        f"({info['threads']} threads), GPU: {info['gpu'] or 'none'}, "
+        f"({info['threads']} threads, {info.get('isa', '?')}, CPU autocast "
+        f"{info.get('cpu autocast', '?')}), GPU: {info['gpu'] or 'none'}, "
         f"Python {info['python']}, torch {info['torch']}.",
         "Every figure below was measured in that one run, side by side; `ratio` = service ÷ "
         "reference. The raw numbers are in `results.json`.",
