@@ -118,10 +118,11 @@ NOTES = """
   moved by ±20 % between runs of the same code (see the history in the issue notes).
 - Runs also land on different hosts under the same CPU name; the header's instruction set
   and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
-  service trains in bf16 + channels_last: on such a host bf16 steps alone were 2.26× fp32
-  steps at 224 px, and the rows were 1.50× (32 px) and 2.66× (224 px). On an AVX2 host bf16
-  is emulated and slower than fp32, so the service trains in fp32, `model-only ratio` is
-  about 1 and the training rows show only what the data path gains.
+  service trains in bf16 + channels_last: on such a host its steps alone were 2.26× fp32
+  steps at 224 px (batch 32), and the rows were 1.50× (32 px) and 2.66× (224 px). On an
+  AVX2 host bf16 is emulated and slower than fp32, so the service trains in fp32 and
+  `model-only ratio` is what channels_last alone gives; the training rows then show mostly
+  what the data path gains.
 - The 224 px rows train from random initialisation for two short epochs, so both loops stay
   at chance accuracy there; the 32 px row is the accuracy comparison (equal within noise).
 - At 224 px the model itself is the bottleneck on this CPU: convolutions are ~80 % of a

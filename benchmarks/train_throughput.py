@@ -20,6 +20,8 @@ from worker.training.loop import fit
 from worker.training.precision import resolve_amp
 from worker.training.spec import TrainSpec
 
+BATCH = 100  # both loops, and the model-alone steps beside them
+
 
 def _image_set(root: Path, classes: list[str], size: int) -> tuple[ImageSet, float]:
     paths, labels = [], []
@@ -41,7 +43,7 @@ def service_core(
         backbone=backbone,
         classes=tuple(classes),
         epochs=epochs,
-        batch_size=100,
+        batch_size=BATCH,
         learning_rate=0.01,
         optimizer="sgd",
         momentum=0.9,
@@ -90,7 +92,7 @@ def _train_images_per_second(
     return batch / best_seconds(step, 3)
 
 
-def model_only_ratio(backbone: str, size: int, classes: int, batch: int = 32) -> float:
+def model_only_ratio(backbone: str, size: int, classes: int, batch: int) -> float:
     """The model alone: training steps on resident tensors, service settings ÷ reference's.
 
     The service's precision (bf16 where native) and channels_last against fp32 in the
@@ -128,7 +130,9 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
         data = digits_imagefolder(
             workdir / f"digits{cfg['size']}-{cfg['per_class']}", cfg["size"], cfg["per_class"]
         )
-        ref = reference_loop.train(data.root, cfg["backbone"], cfg["size"], cfg["epochs"], lr=0.01)
+        ref = reference_loop.train(
+            data.root, cfg["backbone"], cfg["size"], cfg["epochs"], batch_size=BATCH, lr=0.01
+        )
         ours = service_core(data.root, data.classes, cfg["backbone"], cfg["size"], cfg["epochs"])
         rows.append(
             {
@@ -138,7 +142,7 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
                 "service img/s": ours["images_per_second"],
                 "ratio": ours["images_per_second"] / ref["images_per_second"],
                 "model-only ratio": model_only_ratio(
-                    cfg["backbone"], cfg["size"], len(data.classes), 8 if tiny else 32
+                    cfg["backbone"], cfg["size"], len(data.classes), 8 if tiny else BATCH
                 ),
                 "reference acc": ref["accuracy"],
                 "service acc": ours["accuracy"],
