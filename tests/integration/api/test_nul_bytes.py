@@ -4,6 +4,8 @@ Postgres refuses NUL in text and JSON, so such a value must be stopped before an
 insert; these run against the real Postgres, where the bug showed.
 """
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -57,7 +59,7 @@ def test_a_cursor_that_is_no_id_is_refused_by_name(client: TestClient) -> None:
 
 
 def test_a_dataset_name_with_a_nul_byte_is_refused_and_nothing_is_kept(
-    client: TestClient, digits_zip, settings: Settings, db_session: Session
+    client: TestClient, digits_zip: Path, settings: Settings, db_session: Session
 ) -> None:
     with digits_zip.open("rb") as fh:
         response = client.post(
@@ -72,7 +74,7 @@ def test_a_dataset_name_with_a_nul_byte_is_refused_and_nothing_is_kept(
 
 
 def test_control_characters_in_the_file_name_are_left_out_of_the_default_name(
-    client: TestClient, digits_zip
+    client: TestClient, digits_zip: Path
 ) -> None:
     """A raw multipart body: httpx would percent-encode the NUL in a file name."""
     boundary = "nulboundary"
