@@ -8,9 +8,10 @@ import itertools
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -160,6 +161,22 @@ def _core_seconds(
     return time.perf_counter() - start
 
 
+def _in_threads(loops: list[Callable[[], None]]) -> float:
+    """Run each loop in its own thread; the wall seconds until the last one ends."""
+    start = time.perf_counter()
+    workers = [threading.Thread(target=loop) for loop in loops]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - start
+
+
+def _summary(latencies: list[float], seconds: float) -> dict[str, float]:
+    q = statistics.quantiles(latencies, n=100)
+    return {"p50 ms": q[49] * 1000, "p99 ms": q[98] * 1000, "req/s": len(latencies) / seconds}
+
+
 def _hammer(client: httpx.Client, path: str, seconds: float, threads: int) -> dict[str, float]:
     latencies: list[float] = []
     stop = time.monotonic() + seconds
@@ -171,13 +188,8 @@ def _hammer(client: httpx.Client, path: str, seconds: float, threads: int) -> di
                 own.get(path).raise_for_status()
                 latencies.append(time.perf_counter() - t)
 
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    q = statistics.quantiles(latencies, n=100)
-    return {"p50 ms": q[49] * 1000, "p99 ms": q[98] * 1000, "req/s": len(latencies) / seconds}
+    _in_threads([loop] * threads)
+    return _summary(latencies, seconds)
 
 
 def _paced(
@@ -199,7 +211,7 @@ def _paced(
     owns = [httpx.Client(base_url=client.base_url, timeout=30) for _ in range(threads)]
     for own in owns:
         own.get(path).raise_for_status()
-    start = time.perf_counter() + 0.05
+    start = time.perf_counter() + 0.05  # the threads start before the first request is due
 
     def loop(own: httpx.Client) -> None:
         while (i := next(due)) < total:
@@ -208,16 +220,10 @@ def _paced(
             own.get(path).raise_for_status()
             latencies.append(time.perf_counter() - at)
 
-    workers = [threading.Thread(target=loop, args=(own,)) for own in owns]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter() - start
+    wall = _in_threads([partial(loop, own) for own in owns])
     for own in owns:
         own.close()
-    q = statistics.quantiles(latencies, n=100)
-    return {"p50 ms": q[49] * 1000, "p99 ms": q[98] * 1000, "req/s": len(latencies) / wall}
+    return _summary(latencies, wall)
 
 
 def _predict_load(
@@ -234,15 +240,7 @@ def _predict_load(
                 ).raise_for_status()
                 latencies.append(time.perf_counter() - t)
 
-    start = time.perf_counter()
-    workers = [threading.Thread(target=loop) for _ in range(clients)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    wall = time.perf_counter() - start
-    q = statistics.quantiles(latencies, n=100)
-    return {"req/s": len(latencies) / wall, "p50 ms": q[49] * 1000, "p99 ms": q[98] * 1000}
+    return _summary(latencies, _in_threads([loop] * clients))
 
 
 def _batching_ceiling(weights: Path, batch: int) -> float:
