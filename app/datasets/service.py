@@ -41,8 +41,9 @@ def archive_limits(settings: Settings) -> Limits:
 
 
 # Postgres refuses NUL in text, and no other control character belongs in a name either.
-DISPLAY_NAME = r"^[^\x00-\x1f\x7f]*$"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARS = r"\x00-\x1f\x7f"
+DISPLAY_NAME = f"^[^{_CONTROL_CHARS}]*$"
+_CONTROL = re.compile(f"[{_CONTROL_CHARS}]")
 
 
 def _display_name(name: str | None, filename: str | None) -> str:
