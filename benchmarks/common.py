@@ -60,6 +60,16 @@ def best_seconds(run: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def epoch_images(images: int, batch: int) -> int:
+    """Images one epoch trains on: the trainer drops the last, partial batch."""
+    return min(images, max(1, images // batch) * batch)
+
+
+def step_seconds(history: list[dict[str, Any]], images: int, batch: int) -> float:
+    """Seconds spent in training steps, from fit's per-epoch images/s."""
+    return sum(epoch_images(images, batch) / epoch["images_per_second"] for epoch in history)
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process and its waited-for children, MiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

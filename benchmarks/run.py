@@ -131,14 +131,17 @@ NOTES = """
   only because the textbook loop also pays for PIL decoding in DataLoader workers that
   compete for the same two cores; 3.5× would need a bigger bf16 speed-up than the matrix
   units of these CPUs give.
-- Service overhead is the median of three job/core pairs run back to back (single pairs
-  swung between 0.91 and 1.40 within ten minutes). CPU accounting of every process during
+- Service overhead compares each job with a core run right beside it, in six pairs whose
+  order alternates (job first, then core first), and takes the median of the pairs' ratios:
+  the machine's speed moves by tens of percent within minutes (one 10-epoch job's epochs
+  ran between 101 and 221 img/s), so medians of separate runs, as earlier versions took,
+  swung between 0.91 and 1.40. `pair ratios` shows the spread. Each pair is also split by
+  the epochs' own images/s: `steps ratio` is the job's time inside training steps over the
+  core's (the pool child's steps against the bare core's), `service's own s` the job's
+  time outside its steps minus the core's (dispatch, the 0.25 s polling of the client,
+  checkpoints, events), the part drift barely moves. CPU accounting of every process during
   a 47 s job: the API, the Celery parent and the CPU-queue worker together used under 1 s;
-  the pool child used 89 CPU-s against the bare core's 84–88 s. The service's own
-  per-epoch work is small (epoch-end snapshot ~25 ms, each progress or event commit
-  2–10 ms, each cancel check ~1 ms; the background checkpoint writer did not slow the bare
-  core). Measured on a slow day the ratio was 1.05–1.16; an earlier run on a faster host
-  measured 1.50, with the steps themselves slower in the pool child, cause not found.
+  the pool child used 89 CPU-s against the bare core's 84–88 s.
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it

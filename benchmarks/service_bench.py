@@ -22,7 +22,7 @@ import numpy as np
 from app.core.config import Settings
 from app.core.storage import get_storage, sha256_file
 from app.models.inference import BatchPolicy, ModelCache
-from benchmarks.common import best_seconds, digits_imagefolder, peak_rss_mib
+from benchmarks.common import best_seconds, digits_imagefolder, peak_rss_mib, step_seconds
 from tests.support.client import upload, wait_exports, wait_job
 from tests.support.images import write_zip
 from tests.support.processes import (
@@ -121,21 +121,25 @@ def _dispatch(
     }
 
 
-def _timed_job(client: httpx.Client, body: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """Submit a job and wait for it: the job and its wall time, POST to a final state."""
+def _job_run(client: httpx.Client, body: dict[str, Any]) -> tuple[float, list[dict[str, Any]]]:
+    """Submit a job and wait for it: its wall time (POST to a final state) and epoch metrics."""
     start = time.perf_counter()
     job = client.post("/v1/jobs", json=body).raise_for_status().json()
     job = wait_job(client, job["id"], timeout=1800)
-    return job, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    # The cpu queue exports the new model now; let it finish before anything else is timed.
+    wait_exports(client, job["model_id"])
+    return wall, [e["data"] for e in _events(client, job["id"]) if e["type"] == "epoch"]
 
 
-def _core_seconds(
+def _core_run(
     work_dir: Path, service_dir: Path, dataset: dict[str, Any], spec_body: dict[str, Any]
-) -> float:
+) -> tuple[float, list[dict[str, Any]], int]:
     """The training core alone on the service's stored dataset: decode + split + fit.
 
-    `work_dir` holds the core's own decode cache, which warms up as the service's does: the
-    first run decodes the images, later runs on the same setting reuse them.
+    Its wall time, epoch metrics and training-set size. `work_dir` holds the core's own
+    decode cache, which warms up as the service's does: the first run decodes the images,
+    later runs on the same setting reuse them.
     """
     settings = Settings(data_dir=work_dir)
     storage = get_storage(Settings(data_dir=service_dir / "var"))
@@ -157,8 +161,51 @@ def _core_seconds(
         **{k: spec_body[k] for k in keys if k in spec_body},
     )
     start = time.perf_counter()
-    fit(spec, load_data(settings, storage, row, spec, 0.2))  # type: ignore[arg-type]
-    return time.perf_counter() - start
+    data = load_data(settings, storage, row, spec, 0.2)  # type: ignore[arg-type]
+    result = fit(spec, data)
+    return time.perf_counter() - start, result.history, len(data.train)
+
+
+def _overhead(
+    client: httpx.Client, root: Path, dataset: dict[str, Any], spec: dict[str, Any], pairs: int
+) -> dict[str, Any]:
+    """A job's wall time against the core's own time on the same spec, in adjacent pairs.
+
+    The machine's speed drifts by tens of percent within minutes, so each job is compared
+    with a core run right beside it, the pairs alternate which runs first (job-core,
+    core-job, ...) so a drift within a pair favours neither side, and the ratio is the
+    median of the pairs' ratios. Each pair is also split using the epochs' own images/s:
+    `steps ratio` compares the time inside training steps (is the pool child's step as fast
+    as the bare core's?) and `service's own s` is the job's time outside its steps minus the
+    core's (dispatch, polling, checkpoints, events), which drift barely touches.
+    """
+    walls, cores, ratios, steps, own = [], [], [], [], []
+    body = {"dataset_id": dataset["id"], **spec}
+    for pair in range(pairs):
+        if pair % 2 == 0:
+            wall, job_history = _job_run(client, body)
+            core, core_history, images = _core_run(root / "core", root, dataset, spec)
+        else:
+            core, core_history, images = _core_run(root / "core", root, dataset, spec)
+            wall, job_history = _job_run(client, body)
+        job_steps = step_seconds(job_history, images, spec["batch_size"])
+        core_steps = step_seconds(core_history, images, spec["batch_size"])
+        walls.append(wall)
+        cores.append(core)
+        ratios.append(wall / core)
+        steps.append(job_steps / core_steps)
+        own.append((wall - job_steps) - (core - core_steps))
+    return {
+        "benchmark": "service overhead",
+        "setting": f"resnet18 {spec['image_size']}px ×{spec['epochs']} ep, embedded, "
+        f"median of {pairs} adjacent pairs",
+        "reference s": statistics.median(cores),
+        "service s": statistics.median(walls),
+        "ratio": statistics.median(ratios),
+        "pair ratios": " ".join(f"{r:.2f}" for r in ratios),
+        "steps ratio": statistics.median(steps),
+        "service's own s": statistics.median(own),
+    }
 
 
 def _in_threads(loops: list[Callable[[], None]]) -> float:
@@ -261,7 +308,8 @@ def _batching_ceiling(weights: Path, batch: int) -> float:
 def run(
     workdir: Path, tiny: bool, database_url: str | None = None, redis_url: str | None = None
 ) -> list[dict[str, Any]]:
-    size, per_class, epochs = (16, 12, 1) if tiny else (32, None, 10)
+    # Overhead: short jobs in many adjacent pairs beat long ones in few (see _overhead).
+    size, per_class, epochs, pairs = (16, 12, 1, 1) if tiny else (32, None, 4, 6)
     archive = _archive(workdir, size, per_class)
     spec = {
         "weights": None,
@@ -277,27 +325,12 @@ def run(
     root = workdir / "embedded"
     with embedded(root) as client:
         dataset = upload(client, archive).raise_for_status().json()
-        walls, cores = [], []
-        for _ in range(1 if tiny else 3):
-            job, wall = _timed_job(client, {"dataset_id": dataset["id"], **spec})
-            # The cpu queue exports the new model now; let it finish before timing the core.
-            wait_exports(client, job["model_id"])
-            walls.append(wall)
-            cores.append(_core_seconds(root / "core", root, dataset, spec))
-        service_s, core_s = statistics.median(walls), statistics.median(cores)
-        rows.append(
-            {
-                "benchmark": "service overhead",
-                "setting": f"resnet18 {size}px ×{epochs} ep, embedded, median of {len(walls)}",
-                "reference s": core_s,
-                "service s": service_s,
-                "ratio": service_s / core_s,
-            }
-        )
+        rows.append(_overhead(client, root, dataset, spec, pairs))
         rows.append(_dispatch(client, dataset, spec, 3 if tiny else 5, "embedded broker"))
         seconds = 2 if tiny else 10
-        idle = _hammer(client, f"/v1/jobs/{job['id']}", seconds, 8)
-        idle_paced = _paced(client, f"/v1/jobs/{job['id']}", PACED_RATE, seconds)
+        done = client.get("/v1/jobs", params={"limit": 1}).json()["data"][0]  # a finished job
+        idle = _hammer(client, f"/v1/jobs/{done['id']}", seconds, 8)
+        idle_paced = _paced(client, f"/v1/jobs/{done['id']}", PACED_RATE, seconds)
         long = client.post(
             "/v1/jobs", json={"dataset_id": dataset["id"], **spec, "epochs": 1000, "image_size": 64}
         ).json()

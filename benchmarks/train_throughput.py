@@ -14,7 +14,14 @@ from torch import nn
 from torchvision import models
 
 from benchmarks import reference_loop
-from benchmarks.common import best_seconds, digits_imagefolder, peak_cuda_mib, peak_rss_mib
+from benchmarks.common import (
+    best_seconds,
+    digits_imagefolder,
+    epoch_images,
+    peak_cuda_mib,
+    peak_rss_mib,
+    step_seconds,
+)
 from worker.training.data import ImageSet, TrainData, cached_images
 from worker.training.loop import fit
 from worker.training.precision import resolve_amp
@@ -53,10 +60,9 @@ def service_core(
         augment=False,
     )
     result = fit(spec, TrainData(train=train, test=test))
-    seen = min(len(train), max(1, len(train) // spec.batch_size) * spec.batch_size)  # drop_last
-    train_s = sum(seen / m["images_per_second"] for m in result.history)
+    train_s = step_seconds(result.history, len(train), spec.batch_size)
     return {
-        "images_per_second": epochs * seen / (train_s + decode_s),
+        "images_per_second": epochs * epoch_images(len(train), BATCH) / (train_s + decode_s),
         "train_seconds": train_s + decode_s,
         "decode_seconds": decode_s,
         "accuracy": result.test_metrics["test_accuracy"] if result.test_metrics else None,
