@@ -27,6 +27,7 @@ from worker.jobspec import JobFailure, build_spec, load_data
 from worker.lease import AttemptInterrupted, Lease
 from worker.reporting import DatabaseReporter, clean
 from worker.retry import retrying
+from worker.training.heap import steady_heap
 from worker.training.loop import FitResult, TrainingCancelled, fit
 from worker.training.resume import ResumeState, load_state
 from worker.training.spec import TrainSpec
@@ -324,7 +325,7 @@ def run_job(settings: Settings, job_id: str) -> None:
     lease = Lease(sessions, job_id, attempt, settings.lease_s).start()
     token = logs.job_id.set(job_id)
     try:
-        with _sigterm_releases(lease):
+        with _sigterm_releases(lease), steady_heap():
             _train(settings, storage, lease, Faults())
     except TrainingCancelled:
         _finish(lease, JobStatus.cancelled, "job cancelled while running")
