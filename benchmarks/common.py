@@ -2,19 +2,25 @@
 
 import json
 import math
+import multiprocessing
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
+from worker.training.heap import steady_heap
 from worker.training.precision import resolve_amp
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,6 +50,24 @@ def digits_imagefolder(
                 )
                 img.convert("RGB").save(folder / f"{i}.png")
     return ImageFolderData(root, classes)
+
+
+def _with_steady_heap(run: Callable[..., T], *args: Any) -> T:
+    with steady_heap():
+        return run(*args)
+
+
+@contextmanager
+def worker_process() -> Iterator[Callable[..., Any]]:
+    """A process that runs calls as a worker's pool child runs jobs; yields `call(run, *args)`.
+
+    The service's side of a comparison runs like a job: in its own long-lived process, with
+    glibc keeping freed memory (worker.training.heap) while it trains. That setting is
+    process-wide and sticky, so it must not reach the textbook loop, which runs in this
+    process as users run it.
+    """
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda run, *args: pool.submit(_with_steady_heap, run, *args).result()
 
 
 def best_seconds(run: Callable[[], object], repeats: int) -> float:

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import digits_imagefolder, peak_rss_mib
+from benchmarks.common import digits_imagefolder, epoch_images, peak_rss_mib, step_seconds
 from benchmarks.train_throughput import _image_set
 from worker.training import loop
 from worker.training.checkpoint import save_weights
@@ -20,8 +20,8 @@ class _Info(FitCallbacks):
         self.info = info
 
 
-def _epoch_seconds(history: list[dict[str, Any]], seen: int) -> float:
-    return sum(seen / m["images_per_second"] for m in history) / len(history)
+def _epoch_seconds(history: list[dict[str, Any]], images: int) -> float:
+    return step_seconds(history, images, 100) / len(history)
 
 
 def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
@@ -39,7 +39,7 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
         "augment": False,
         "learning_rate": 0.01,
     }
-    seen = min(len(train), max(1, len(train) // 100) * 100)
+    seen = epoch_images(len(train), 100)
     rows = []
 
     # A linear probe needs a trained backbone: fine-tune one first, then probe from its file.
@@ -65,9 +65,10 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
         {
             "benchmark": "linear probe epoch",
             "setting": f"resnet18 {size}px, cached features vs full forward",
-            "reference s/epoch": _epoch_seconds(full.history, seen),
-            "service s/epoch": _epoch_seconds(cached.history, seen),
-            "ratio": _epoch_seconds(cached.history, seen) / _epoch_seconds(full.history, seen),
+            "reference s/epoch": _epoch_seconds(full.history, len(train)),
+            "service s/epoch": _epoch_seconds(cached.history, len(train)),
+            "ratio": _epoch_seconds(cached.history, len(train))
+            / _epoch_seconds(full.history, len(train)),
             "reference acc": full.best_metrics["val_accuracy"],
             "service acc": cached.best_metrics["val_accuracy"],
             "peak RSS MiB": peak_rss_mib(),

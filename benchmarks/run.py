@@ -123,6 +123,11 @@ NOTES = """
   AVX2 host bf16 is emulated and slower than fp32, so the service trains in fp32 and
   `model-only ratio` is what channels_last alone gives; the training rows then show mostly
   what the data path gains.
+- The service's side of the training rows and the core runs of the overhead row run in a
+  separate long-lived process with the worker's training heap (glibc keeps the memory a
+  step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
+  as a worker's pool child runs a job. The textbook loop and the model-alone steps run in
+  the benchmark process with glibc's defaults, as users run them.
 - The 224 px rows train from random initialisation for two short epochs, so both loops stay
   at chance accuracy there; the 32 px row is the accuracy comparison (equal within noise).
 - At 224 px the model itself is the bottleneck on this CPU: convolutions are ~80 % of a

@@ -22,7 +22,13 @@ import numpy as np
 from app.core.config import Settings
 from app.core.storage import get_storage, sha256_file
 from app.models.inference import BatchPolicy, ModelCache
-from benchmarks.common import best_seconds, digits_imagefolder, peak_rss_mib, step_seconds
+from benchmarks.common import (
+    best_seconds,
+    digits_imagefolder,
+    peak_rss_mib,
+    step_seconds,
+    worker_process,
+)
 from tests.support.client import upload, wait_exports, wait_job
 from tests.support.images import write_zip
 from tests.support.processes import (
@@ -181,20 +187,21 @@ def _overhead(
     """
     walls, cores, ratios, steps, own = [], [], [], [], []
     body = {"dataset_id": dataset["id"], **spec}
-    for pair in range(pairs):
-        if pair % 2 == 0:
-            wall, job_history = _job_run(client, body)
-            core, core_history, images = _core_run(root / "core", root, dataset, spec)
-        else:
-            core, core_history, images = _core_run(root / "core", root, dataset, spec)
-            wall, job_history = _job_run(client, body)
-        job_steps = step_seconds(job_history, images, spec["batch_size"])
-        core_steps = step_seconds(core_history, images, spec["batch_size"])
-        walls.append(wall)
-        cores.append(core)
-        ratios.append(wall / core)
-        steps.append(job_steps / core_steps)
-        own.append((wall - job_steps) - (core - core_steps))
+    with worker_process() as call:  # long-lived, like the worker's pool child
+        for pair in range(pairs):
+            if pair % 2 == 0:
+                wall, job_history = _job_run(client, body)
+                core, core_history, images = call(_core_run, root / "core", root, dataset, spec)
+            else:
+                core, core_history, images = call(_core_run, root / "core", root, dataset, spec)
+                wall, job_history = _job_run(client, body)
+            job_steps = step_seconds(job_history, images, spec["batch_size"])
+            core_steps = step_seconds(core_history, images, spec["batch_size"])
+            walls.append(wall)
+            cores.append(core)
+            ratios.append(wall / core)
+            steps.append(job_steps / core_steps)
+            own.append((wall - job_steps) - (core - core_steps))
     return {
         "benchmark": "service overhead",
         "setting": f"resnet18 {spec['image_size']}px ×{spec['epochs']} ep, embedded, "

@@ -21,6 +21,7 @@ from benchmarks.common import (
     peak_cuda_mib,
     peak_rss_mib,
     step_seconds,
+    worker_process,
 )
 from worker.training.data import ImageSet, TrainData, cached_images
 from worker.training.loop import fit
@@ -139,7 +140,10 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
         ref = reference_loop.train(
             data.root, cfg["backbone"], cfg["size"], cfg["epochs"], batch_size=BATCH, lr=0.01
         )
-        ours = service_core(data.root, data.classes, cfg["backbone"], cfg["size"], cfg["epochs"])
+        with worker_process() as call:
+            ours = call(
+                service_core, data.root, data.classes, cfg["backbone"], cfg["size"], cfg["epochs"]
+            )
         rows.append(
             {
                 "benchmark": "training throughput",
