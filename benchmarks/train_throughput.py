@@ -62,8 +62,9 @@ def service_core(
     )
     result = fit(spec, TrainData(train=train, test=test))
     train_s = step_seconds(result.history, len(train), spec.batch_size)
+    seen = epochs * epoch_images(len(train), spec.batch_size)
     return {
-        "images_per_second": epochs * epoch_images(len(train), BATCH) / (train_s + decode_s),
+        "images_per_second": seen / (train_s + decode_s),
         "train_seconds": train_s + decode_s,
         "decode_seconds": decode_s,
         "accuracy": result.test_metrics["test_accuracy"] if result.test_metrics else None,
