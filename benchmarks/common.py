@@ -3,6 +3,7 @@
 import json
 import math
 import multiprocessing
+import os
 import platform
 import resource
 import time
@@ -92,6 +93,38 @@ def epoch_images(images: int, batch: int) -> int:
 def step_seconds(history: list[dict[str, Any]], images: int, batch: int) -> float:
     """Seconds spent in training steps, from fit's per-epoch images/s."""
     return sum(epoch_images(images, batch) / epoch["images_per_second"] for epoch in history)
+
+
+def _proc_stat(pid: str) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its reaped children) from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone meanwhile
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
+    ticks = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return int(fields[1]), ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) used so far by process `root` and all its descendants.
+
+    Linux /proc accounting. A live process's time is in its own counters and moves to its
+    parent's `cutime` when it is reaped, so each second is counted once.
+    """
+    stats = {int(pid): _proc_stat(pid) for pid in os.listdir("/proc") if pid.isdigit()}
+    children: dict[int, list[int]] = {}
+    for pid, stat in stats.items():
+        if stat is not None:
+            children.setdefault(stat[0], []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        stat = stats.get(pid)
+        if stat is not None:
+            total += stat[1]
+            todo += children.get(pid, [])
+    return total
 
 
 def peak_rss_mib() -> float:

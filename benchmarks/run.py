@@ -140,13 +140,17 @@ NOTES = """
   order alternates (job first, then core first), and takes the median of the pairs' ratios:
   the machine's speed moves by tens of percent within minutes (one 10-epoch job's epochs
   ran between 101 and 221 img/s), so medians of separate runs, as earlier versions took,
-  swung between 0.91 and 1.40. `pair ratios` shows the spread. Each pair is also split by
-  the epochs' own images/s: `steps ratio` is the job's time inside training steps over the
-  core's (the pool child's steps against the bare core's), `service's own s` the job's
-  time outside its steps minus the core's (dispatch, the 0.25 s polling of the client,
-  checkpoints, events), the part drift barely moves. CPU accounting of every process during
-  a 47 s job: the API, the Celery parent and the CPU-queue worker together used under 1 s;
-  the pool child used 89 CPU-s against the bare core's 84–88 s.
+  swung between 0.91 and 1.40. `pair ratios` shows the spread. A job's wall time runs from
+  sending its POST to the `finished_at` the service recorded, not to whenever the client's
+  polling noticed. Each pair is also split by the epochs' own images/s: `steps ratio` is
+  the job's time inside training steps over the core's (the pool child's steps against the
+  bare core's), `service's own s` the job's time outside its steps minus the core's
+  (dispatch, checkpoints, events, the final commit), the part drift barely moves.
+  `CPU ratio` is the work done: CPU seconds of every process of the service during the job
+  (the API answering the client's polls, Celery parents, broker polling, the pool child
+  with its checkpoint writer and lease threads) over the core process's own. Drift
+  stretches it far less than wall time, so it is the steadier figure of what the service
+  adds; a wall ratio above it is time the job waited or was crowded out, not work.
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it

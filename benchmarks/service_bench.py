@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +27,7 @@ from benchmarks.common import (
     digits_imagefolder,
     peak_rss_mib,
     step_seconds,
+    tree_cpu_seconds,
     worker_process,
 )
 from tests.support.client import upload, wait_exports, wait_job
@@ -49,7 +50,8 @@ PACED_RATE = 100
 
 
 @contextmanager
-def embedded(root: Path, **settings: str) -> Iterator[httpx.Client]:
+def embedded(root: Path, **settings: str) -> Iterator[tuple[httpx.Client, int]]:
+    """`finetune up` on SQLite + the embedded broker: a client of it and its process id."""
     root.mkdir(parents=True, exist_ok=True)
     env = service_env(data_dir=str(root / "var"), **{**FAST_ENV, **settings})
     port = free_port()
@@ -57,7 +59,7 @@ def embedded(root: Path, **settings: str) -> Iterator[httpx.Client]:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc, root / "up.log", timeout=120)
         wait_log(root / "up.log", "ready.", proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            yield client
+            yield client, proc.pid
 
 
 @contextmanager
@@ -127,25 +129,36 @@ def _dispatch(
     }
 
 
-def _job_run(client: httpx.Client, body: dict[str, Any]) -> tuple[float, list[dict[str, Any]]]:
-    """Submit a job and wait for it: its wall time (POST to a final state) and epoch metrics."""
-    start = time.perf_counter()
+def _job_run(
+    client: httpx.Client, service_pid: int, body: dict[str, Any]
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """Submit a job and wait for it: wall time, CPU seconds of the service, epoch metrics.
+
+    The wall time runs from sending the POST to the `finished_at` the service recorded when
+    the job succeeded (the client polls, and when it happens to look is not the service's
+    time). The CPU seconds are those of every process of the service meanwhile (API, Celery
+    parents and pool children, broker polling), read when the client sees the job succeed.
+    """
+    cpu = tree_cpu_seconds(service_pid)
+    start = datetime.now(UTC)
     job = client.post("/v1/jobs", json=body).raise_for_status().json()
     job = wait_job(client, job["id"], timeout=1800)
-    wall = time.perf_counter() - start
+    cpu = tree_cpu_seconds(service_pid) - cpu
+    assert job["status"] == "succeeded", job
+    wall = (datetime.fromisoformat(job["finished_at"]) - start).total_seconds()
     # The cpu queue exports the new model now; let it finish before anything else is timed.
     wait_exports(client, job["model_id"])
-    return wall, [e["data"] for e in _events(client, job["id"]) if e["type"] == "epoch"]
+    return wall, cpu, [e["data"] for e in _events(client, job["id"]) if e["type"] == "epoch"]
 
 
 def _core_run(
     work_dir: Path, service_dir: Path, dataset: dict[str, Any], spec_body: dict[str, Any]
-) -> tuple[float, list[dict[str, Any]], int]:
+) -> tuple[float, float, list[dict[str, Any]], int]:
     """The training core alone on the service's stored dataset: decode + split + fit.
 
-    Its wall time, epoch metrics and training-set size. `work_dir` holds the core's own
-    decode cache, which warms up as the service's does: the first run decodes the images,
-    later runs on the same setting reuse them.
+    Its wall time, CPU seconds (all its threads), epoch metrics and training-set size.
+    `work_dir` holds the core's own decode cache, which warms up as the service's does: the
+    first run decodes the images, later runs on the same setting reuse them.
     """
     settings = Settings(data_dir=work_dir)
     storage = get_storage(Settings(data_dir=service_dir / "var"))
@@ -166,14 +179,20 @@ def _core_run(
         classes=tuple(dataset["classes"]),
         **{k: spec_body[k] for k in keys if k in spec_body},
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     data = load_data(settings, storage, row, spec, 0.2)  # type: ignore[arg-type]
     result = fit(spec, data)
-    return time.perf_counter() - start, result.history, len(data.train)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall, cpu, result.history, len(data.train)
 
 
 def _overhead(
-    client: httpx.Client, root: Path, dataset: dict[str, Any], spec: dict[str, Any], pairs: int
+    client: httpx.Client,
+    service_pid: int,
+    root: Path,
+    dataset: dict[str, Any],
+    spec: dict[str, Any],
+    pairs: int,
 ) -> dict[str, Any]:
     """A job's wall time against the core's own time on the same spec, in adjacent pairs.
 
@@ -183,18 +202,24 @@ def _overhead(
     median of the pairs' ratios. Each pair is also split using the epochs' own images/s:
     `steps ratio` compares the time inside training steps (is the pool child's step as fast
     as the bare core's?) and `service's own s` is the job's time outside its steps minus the
-    core's (dispatch, polling, checkpoints, events), which drift barely touches.
+    core's (dispatch, checkpoints, events), which drift barely touches. `CPU ratio` compares
+    the work done: CPU seconds of every process of the service during the job against the
+    core's, a figure that a slower machine stretches far less than it stretches wall time.
     """
-    walls, cores, ratios, steps, own = [], [], [], [], []
+    walls, cores, ratios, steps, own, cpu_ratios = [], [], [], [], [], []
     body = {"dataset_id": dataset["id"], **spec}
     with worker_process() as call:  # long-lived, like the worker's pool child
         for pair in range(pairs):
             if pair % 2 == 0:
-                wall, job_history = _job_run(client, body)
-                core, core_history, images = call(_core_run, root / "core", root, dataset, spec)
+                wall, cpu, job_history = _job_run(client, service_pid, body)
+                core, core_cpu, core_history, images = call(
+                    _core_run, root / "core", root, dataset, spec
+                )
             else:
-                core, core_history, images = call(_core_run, root / "core", root, dataset, spec)
-                wall, job_history = _job_run(client, body)
+                core, core_cpu, core_history, images = call(
+                    _core_run, root / "core", root, dataset, spec
+                )
+                wall, cpu, job_history = _job_run(client, service_pid, body)
             job_steps = step_seconds(job_history, images, spec["batch_size"])
             core_steps = step_seconds(core_history, images, spec["batch_size"])
             walls.append(wall)
@@ -202,6 +227,7 @@ def _overhead(
             ratios.append(wall / core)
             steps.append(job_steps / core_steps)
             own.append((wall - job_steps) - (core - core_steps))
+            cpu_ratios.append(cpu / core_cpu)
     return {
         "benchmark": "service overhead",
         "setting": f"resnet18 {spec['image_size']}px ×{spec['epochs']} ep, embedded, "
@@ -212,6 +238,7 @@ def _overhead(
         "pair ratios": " ".join(f"{r:.2f}" for r in ratios),
         "steps ratio": statistics.median(steps),
         "service's own s": statistics.median(own),
+        "CPU ratio": statistics.median(cpu_ratios),
     }
 
 
@@ -330,9 +357,9 @@ def run(
     }
     rows: list[dict[str, Any]] = []
     root = workdir / "embedded"
-    with embedded(root) as client:
+    with embedded(root) as (client, service_pid):
         dataset = upload(client, archive).raise_for_status().json()
-        rows.append(_overhead(client, root, dataset, spec, pairs))
+        rows.append(_overhead(client, service_pid, root, dataset, spec, pairs))
         rows.append(_dispatch(client, dataset, spec, 3 if tiny else 5, "embedded broker"))
         seconds = 2 if tiny else 10
         done = client.get("/v1/jobs", params={"limit": 1}).json()["data"][0]  # a finished job
