@@ -156,7 +156,10 @@ NOTES = """
   time and its latency counts from it, so a stalled server is charged for every request it
   held up. The saturated row runs 8 clients flat out; its latency is mostly the server's
   own queue (clients ÷ throughput), so it shows capacity (req/s), not the latency of a
-  stated load.
+  stated load. The target row's tail rests on how much of that capacity 100 req/s takes:
+  on a fast day the saturated row reached 344 req/s and the target row's p99 was 20 ms; on
+  a day when the same VM served 153 req/s (and the textbook loop ran at two thirds of its
+  speed), p99 was 89 ms. `idle p99 ms`, the same load with no job, shows which day it was.
 - Micro-batching cannot give more than `forward ceiling ratio`: a 32-image forward of the
   served model against 32 one-image forwards, in-process. On this CPU a one-image forward
   already keeps both cores busy, so batching gains 2–3× at most, not the ≥10× of a GPU.
