@@ -11,7 +11,7 @@ one is re-sent from the database.
 from celery import Celery
 
 from app.core.config import Settings, get_settings
-from app.core.queue import EXPORT_TASK, TRAIN_TASK, broker_options
+from app.core.queue import EXPORT_TASK, TRAIN_TASK, broker_options, broker_transport
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -23,6 +23,7 @@ def create_celery(settings: Settings) -> Celery:
     if settings.embedded_broker:
         options["polling_interval"] = 0.2  # the filesystem transport polls its folder
     app.conf.update(
+        broker_transport=broker_transport(settings.broker_url),
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
         task_serializer="json",

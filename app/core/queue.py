@@ -11,7 +11,8 @@ from pathlib import Path
 
 from celery import Celery
 
-from app.core.config import Settings
+from app.core.config import EMBEDDED_BROKER, Settings
+from app.core.filebroker import TRANSPORT as FILE_TRANSPORT
 
 TRAIN_TASK = "finetune.train"
 EXPORT_TASK = "finetune.export"
@@ -34,10 +35,16 @@ def broker_options(settings: Settings) -> dict[str, object]:
     }
 
 
+def broker_transport(broker_url: str) -> str | None:
+    """The kombu transport class for `broker_url`: ours for the embedded broker, else kombu's."""
+    return FILE_TRANSPORT if broker_url == EMBEDDED_BROKER else None
+
+
 @lru_cache(maxsize=4)
 def _producer(broker_url: str, queue: str, options: tuple[tuple[str, object], ...]) -> Celery:
     app = Celery("finetune-api", broker=broker_url, set_as_current=False)
     app.conf.update(
+        broker_transport=broker_transport(broker_url),
         broker_transport_options=dict(options),
         task_serializer="json",
         accept_content=["json"],

@@ -1,0 +1,94 @@
+"""The embedded broker: a consumer polling while a message is being written never sees it half."""
+
+import json
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import pytest
+from kombu import Connection
+from kombu.transport import filesystem
+
+from app.core import filebroker, queue
+from app.core.config import Settings
+from worker.celery_app import create_celery
+
+QUEUE = "gpu"
+
+
+def _channel(folder: Path, transport: str) -> Any:
+    conn = Connection(
+        "filesystem://",
+        transport=transport,
+        transport_options={
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "control_folder": str(folder),
+            "store_processed": False,
+        },
+    )
+    return conn.default_channel
+
+
+def _poll_while_writing(
+    monkeypatch: pytest.MonkeyPatch, module: Any, channel: Any
+) -> list[BaseException | object]:
+    """Make `channel` poll the queue in the middle of each of `module`'s writes."""
+    seen: list[BaseException | object] = []
+    real = module.dumps
+
+    def dumps(payload: Any) -> str:
+        try:
+            seen.append(channel._get(QUEUE))
+        except (Empty, ValueError) as exc:
+            seen.append(exc)
+        return real(payload)
+
+    monkeypatch.setattr(module, "dumps", dumps)
+    return seen
+
+
+def test_a_message_being_written_is_invisible_then_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = _channel(tmp_path, filebroker.TRANSPORT)
+    consumer = _channel(tmp_path, filebroker.TRANSPORT)
+    seen = _poll_while_writing(monkeypatch, filebroker, consumer)
+    producer._put(QUEUE, {"body": "job_1"})
+    assert len(seen) == 1 and isinstance(seen[0], Empty)  # nothing to take mid-write
+    assert consumer._get(QUEUE) == {"body": "job_1"}
+    assert list(tmp_path.iterdir()) == []  # taken; no partial file left behind
+
+
+def test_kombus_own_transport_still_hands_out_empty_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kombu issue #1551, the reason for app/core/filebroker.py.
+
+    If this fails, kombu writes its message files atomically now: drop filebroker.py.
+    """
+    producer = _channel(tmp_path, "filesystem")
+    consumer = _channel(tmp_path, "filesystem")
+    seen = _poll_while_writing(monkeypatch, filesystem, consumer)
+    producer._put(QUEUE, {"body": "job_1"})
+    assert isinstance(seen[0], json.JSONDecodeError)
+
+
+def test_the_worker_and_the_api_producer_use_it(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.embedded_broker
+    options = queue.broker_options(settings)
+    worker = create_celery(settings)
+    producer = queue.get_producer(settings)
+    for app in (worker, producer):
+        with app.connection_for_write() as conn:
+            assert isinstance(conn.transport, filebroker.Transport)
+    queue.enqueue(settings, "job_0123456789abcdef012345")
+    assert queue.pending_job_ids(settings) == {"job_0123456789abcdef012345"}
+    consumer = _channel(Path(str(options["data_folder_in"])), filebroker.TRANSPORT)
+    message = consumer._get(QUEUE)
+    assert message["headers"]["task"] == queue.TRAIN_TASK
+
+
+def test_redis_keeps_kombus_transport() -> None:
+    assert queue.broker_transport("redis://localhost:6379/0") is None
