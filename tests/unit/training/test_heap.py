@@ -11,32 +11,37 @@ from worker.training import heap
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.skipif(heap._glibc() is None, reason="glibc's mallopt only")
 
-# A step's pattern: allocate, write and free a 64 MiB tensor, twenty times over.
-STEPS = """
-import resource, sys, torch
+# A step's pattern: a 64 MiB tensor written and freed. How much of it does the free unmap?
+STEP = """
+import sys, torch
+from pathlib import Path
 from worker.training import heap
 if sys.argv[1] == "keep":
     assert heap.keep_freed_memory()
-faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+rss = lambda: int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 torch.ones(1 << 24).sum()
-before = faults()
-for _ in range(20):
-    torch.ones(1 << 24).sum()
-print(faults() - before)
+block = torch.ones(1 << 24)
+held = rss()
+del block
+print(held - rss())
 """
 
 
-def _faults(mode: str) -> int:
+def _unmapped_mib(mode: str) -> float:
     done = subprocess.run(
-        [sys.executable, "-c", STEPS, mode], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", STEP, mode], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    return int(done.stdout)
+    return float(done.stdout)
 
 
-def test_kept_memory_is_reused_instead_of_faulted_in_again() -> None:
-    default, kept = _faults("default"), _faults("keep")
-    assert default > 20 * 10_000  # each 64 MiB block mapped afresh: ~16k page faults
-    assert kept < default / 4  # measured: 327k against 49k
+def test_freed_memory_stays_mapped_for_the_next_step() -> None:
+    """glibc's default unmaps a freed 64 MiB block (the next step faults it in page by page).
+
+    Measured as resident memory right after the free, not as page faults over many steps:
+    a host that reclaims idle pages on its own (DAMON) faults some back in either way.
+    """
+    assert _unmapped_mib("default") > 48
+    assert _unmapped_mib("keep") < 16
 
 
 def _rss_mib() -> float:
