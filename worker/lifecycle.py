@@ -7,14 +7,15 @@ import socket
 import threading
 from typing import Any
 
-from billiard import process
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.worker import state
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.core.config import get_settings
 from app.core.db import forget_inherited_connections, get_sessionmaker
 from app.core.models import Worker, utcnow
+from app.core.queue import TRAIN_TASK
 from app.core.reaper import reap
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,23 @@ def _ready(sender: Any, **_: object) -> None:
     _beacon.start()
 
 
+def training_children() -> list[int]:
+    """Pids of the pool children running a training task now (accepted by the pool)."""
+    return [
+        request.worker_pid
+        for request in list(state.active_requests)
+        if request.name == TRAIN_TASK and request.worker_pid
+    ]
+
+
 @worker_shutting_down.connect
 def _shutting_down(**_: object) -> None:
     """Forward the shutdown to training children so they checkpoint-release, not run on.
+
+    Only to those: an idle pool child has SIGTERM's default action and can die holding
+    the lock of the pool's task pipe, and billiard's warm shutdown then waits on that lock
+    forever (seen under load: the worker outlived `up` with a zombie child). Idle children
+    and running exports end by the pool's own warm shutdown instead.
 
     Runs inside Celery's SIGTERM handler, so a second SIGTERM can re-enter it while the
     first is still inside a lock (the beacon's Event): only the first call does anything.
@@ -88,9 +103,9 @@ def _shutting_down(**_: object) -> None:
     if _stopping:
         return
     _stopping = True
-    for child in process.active_children():
-        if child.pid:
-            os.kill(child.pid, signal.SIGTERM)
+    for pid in training_children():
+        log.warning("shutdown: asking training child %d to checkpoint and release", pid)
+        os.kill(pid, signal.SIGTERM)
     if _beacon is not None:
         try:
             _beacon.stop()

@@ -47,4 +47,7 @@ def test_up_trains_and_predicts_without_any_server(tmp_path) -> None:  # type: i
     assert (data_dir / "finetune.db").exists()
     assert (data_dir / "broker").is_dir()
     # SIGTERM to the group: `up` stopped both workers and exited by itself (not SIGKILLed).
-    assert proc.returncode == 0
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    # Idle pool children ended by the pool's warm shutdown, not by a forwarded SIGTERM that
+    # can leave billiard waiting forever on a lock the killed child held.
+    assert "exited with 'signal" not in log.read_text()
