@@ -83,7 +83,7 @@ def worker(
     celery.worker_main(argv)
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
     """In the child before exec: SIGTERM when the parent dies (Linux prctl; else nothing)."""
     import ctypes
 
@@ -114,7 +114,7 @@ def up(host: Host = "127.0.0.1", port: Port = 8000) -> None:
         subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker", "--queues", queue, "--concurrency", "1"],
             start_new_session=True,
-            preexec_fn=_terminate_with_parent,
+            preexec_fn=terminate_with_parent,
         )
         for queue in (settings.gpu_queue, settings.cpu_queue)
     ]

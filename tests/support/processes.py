@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from app.cli import terminate_with_parent
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,7 +36,11 @@ def service_env(**settings: str) -> dict[str, str]:
 
 @contextmanager
 def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `finetune ARGS` in its own process group; stop it (and its children) after."""
+    """Run `finetune ARGS` in its own process group; stop it (and its children) after.
+
+    The child also gets SIGTERM if this process dies without getting to `stop` (a test
+    or benchmark killed on timeout), so it cannot outlive the run that started it.
+    """
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", *args],
@@ -43,6 +49,7 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=terminate_with_parent,
         )
         try:
             yield proc

@@ -16,17 +16,10 @@ from worker.celery_app import create_celery
 QUEUE = "gpu"
 
 
-def _channel(folder: Path, transport: str) -> Any:
-    conn = Connection(
-        "filesystem://",
-        transport=transport,
-        transport_options={
-            "data_folder_in": str(folder),
-            "data_folder_out": str(folder),
-            "control_folder": str(folder),
-            "store_processed": False,
-        },
-    )
+def _channel(data_dir: Path, transport: str) -> Any:
+    """A channel on the embedded broker's folders under `data_dir`, as the service sets them."""
+    options = queue.broker_options(Settings(data_dir=data_dir))
+    conn = Connection("filesystem://", transport=transport, transport_options=options)
     return conn.default_channel
 
 
@@ -57,7 +50,7 @@ def test_a_message_being_written_is_invisible_then_whole(
     producer._put(QUEUE, {"body": "job_1"})
     assert len(seen) == 1 and isinstance(seen[0], Empty)  # nothing to take mid-write
     assert consumer._get(QUEUE) == {"body": "job_1"}
-    assert list(tmp_path.iterdir()) == []  # taken; no partial file left behind
+    assert list((tmp_path / "broker" / "queue").iterdir()) == []  # taken; no partial file left
 
 
 def test_kombus_own_transport_still_hands_out_empty_files(
@@ -77,7 +70,6 @@ def test_kombus_own_transport_still_hands_out_empty_files(
 def test_the_worker_and_the_api_producer_use_it(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert settings.embedded_broker
-    options = queue.broker_options(settings)
     worker = create_celery(settings)
     producer = queue.get_producer(settings)
     for app in (worker, producer):
@@ -85,7 +77,7 @@ def test_the_worker_and_the_api_producer_use_it(tmp_path: Path) -> None:
             assert isinstance(conn.transport, filebroker.Transport)
     queue.enqueue(settings, "job_0123456789abcdef012345")
     assert queue.pending_job_ids(settings) == {"job_0123456789abcdef012345"}
-    consumer = _channel(Path(str(options["data_folder_in"])), filebroker.TRANSPORT)
+    consumer = _channel(tmp_path, filebroker.TRANSPORT)
     message = consumer._get(QUEUE)
     assert message["headers"]["task"] == queue.TRAIN_TASK
 
