@@ -5,11 +5,12 @@ Worker code is imported only inside the `worker` command, so `finetune api` neve
 torch at start.
 """
 
-import contextlib
+import functools
 import logging
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -83,13 +84,20 @@ def worker(
     celery.worker_main(argv)
 
 
-def terminate_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (Linux prctl; else nothing)."""
+def terminate_with_parent() -> Callable[[], object] | None:
+    """A `preexec_fn` that makes the child get SIGTERM when its parent dies (Linux prctl).
+
+    None where there is no prctl. libc is loaded here, in the parent: between fork and exec
+    the child only makes the call (a dlopen there could wait on a lock another thread held).
+    """
     import ctypes
 
     pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return functools.partial(prctl, pr_set_pdeathsig, signal.SIGTERM)
 
 
 @app.command()
@@ -114,7 +122,7 @@ def up(host: Host = "127.0.0.1", port: Port = 8000) -> None:
         subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker", "--queues", queue, "--concurrency", "1"],
             start_new_session=True,
-            preexec_fn=terminate_with_parent,
+            preexec_fn=terminate_with_parent(),
         )
         for queue in (settings.gpu_queue, settings.cpu_queue)
     ]

@@ -49,7 +49,7 @@ def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=terminate_with_parent,
+            preexec_fn=terminate_with_parent(),
         )
         try:
             yield proc

@@ -1,0 +1,46 @@
+"""`up`'s workers and the test harness's service processes die with their parent."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PARENT = """
+import subprocess, sys, time
+from app.cli import terminate_with_parent
+child = subprocess.Popen(
+    [sys.executable, "-c", "import time; time.sleep(120)"], preexec_fn=terminate_with_parent()
+)
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (killed, not yet reaped by whoever adopted it) is not."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] not in {"Z", "X"}
+
+
+def test_a_child_gets_sigterm_when_its_parent_is_killed() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        parent.kill()  # SIGKILL: no handler, no `finally` of the parent's runs
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        if _alive(child):
+            subprocess.run(["kill", "-9", str(child)], check=False)
