@@ -2,18 +2,65 @@
 
 import gc
 import sys
+import threading
 
+from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.migrate import alembic_config
 from app.main import create_app
 
 
 def test_probes(client: TestClient) -> None:
     assert client.get("/livez").json() == {"status": "ok"}
+    client.app.state.warm_up.join(timeout=120)  # type: ignore[attr-defined]
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    checks = {"database": "ok", "broker": "ok", "storage": "ok", "warm_up": "ok"}
+    assert ready.json()["checks"] == checks
+
+
+def test_readyz_waits_for_the_warm_up(client: TestClient) -> None:
+    """A replica takes traffic once requests no longer queue behind torchvision's import."""
+    state = client.app.state  # type: ignore[attr-defined]
+    state.warm_up.join(timeout=120)
+    release = threading.Event()
+    state.warm_up = threading.Thread(target=release.wait, daemon=True)
+    state.warm_up.start()
+    try:
+        pending = client.get("/readyz")
+        assert pending.status_code == 503 and pending.json()["checks"]["warm_up"] == "pending"
+    finally:
+        release.set()
+        state.warm_up.join()
+    assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_says_when_the_schema_is_behind_this_code(
+    client: TestClient, db_session: Session
+) -> None:
+    """Behind or missing: not ready, and how to fix it. Ahead (a newer deploy migrated): ready."""
+    client.app.state.warm_up.join(timeout=120)  # type: ignore[attr-defined]
+    oldest = ScriptDirectory.from_config(alembic_config("")).get_base()
+
+    def readyz_at(revision: str | None) -> tuple[int, str]:
+        db_session.execute(text("DELETE FROM alembic_version"))
+        if revision is not None:
+            db_session.execute(
+                text("INSERT INTO alembic_version (version_num) VALUES (:r)"), {"r": revision}
+            )
+        response = client.get("/readyz")
+        return response.status_code, response.json()["checks"]["database"]
+
+    status, database = readyz_at(oldest)
+    assert status == 503 and f"schema at {oldest}" in database
+    assert "run `finetune db upgrade`" in database
+    status, database = readyz_at(None)
+    assert status == 503 and database.startswith("failing: no schema")
+    assert readyz_at("ffffffffffff") == (200, "ok")  # a revision from a newer release
 
 
 def test_startup_freezes_torch_out_of_the_garbage_collectors_scans(client: TestClient) -> None:

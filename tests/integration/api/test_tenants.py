@@ -37,6 +37,7 @@ def test_keys_are_required_and_checked(secured, digits_zip: Path) -> None:  # ty
         assert response.json()["code"] == "unauthorized"
         assert response.headers["www-authenticate"] == "Bearer"
     assert client.get("/v1/datasets", headers=a).status_code == 200
+    client.app.state.warm_up.join(timeout=120)  # type: ignore[attr-defined]
     assert client.get("/livez").status_code == 200 and client.get("/readyz").status_code == 200
 
 
