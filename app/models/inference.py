@@ -70,15 +70,16 @@ def _load(path: Path, sha256: str, device: str, precision: str = "fp32") -> Load
     net = models.get_model(meta["backbone"], weights=None, num_classes=len(classes))
     net.load_state_dict(load_file(str(path)), strict=True)
     net.eval().to(device, memory_format=torch.channels_last)
+    image_size = int(meta["image_size"])
     return LoadedModel(
         net=net,
         classes=classes,
-        image_size=int(meta["image_size"]),
+        image_size=image_size,
         mean=np.array(json.loads(meta["mean"]), dtype=np.float32).reshape(1, 3, 1, 1),
         std=np.array(json.loads(meta["std"]), dtype=np.float32).reshape(1, 3, 1, 1),
         device=device,
         lock=threading.Lock(),
-        amp=resolve_amp("auto" if precision == "auto" else "off", torch.device(device)),
+        amp=resolve_amp("auto" if precision == "auto" else "off", torch.device(device), image_size),
     )
 
 

@@ -184,7 +184,7 @@ def build_trainer(spec: TrainSpec, steps_per_epoch: int, micro_batch: int | None
         torch.backends.cudnn.benchmark = True
     model, freezing = build_model(spec)
     model = model.to(device, memory_format=torch.channels_last)
-    amp = resolve_amp(spec.mixed_precision, device)
+    amp = resolve_amp(spec.mixed_precision, device, spec.image_size)
     optimizer = build_optimizer(model, spec)
     augment_gen = None
     if spec.augment:

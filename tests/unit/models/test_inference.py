@@ -13,7 +13,7 @@ from worker.training.checkpoint import save_weights, weights_metadata
 from worker.training.precision import resolve_amp
 from worker.training.spec import TrainSpec
 
-SIZE = 32
+SIZE = 64  # CPU bf16 starts here (precision.CPU_BF16_MIN_SIZE): "auto" is tested as such
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_auto_uses_the_native_precision_and_stays_close(
     path, _ = weights
     x = np.random.default_rng(1).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)
     amp, probs = _probs(path, "auto", x)
-    assert amp == resolve_amp("auto", torch.device("cpu"))
+    assert amp == resolve_amp("auto", torch.device("cpu"), SIZE)
     _, exact = _probs(path, "fp32", x)
     np.testing.assert_allclose(probs, exact, atol=2e-2)
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)

@@ -5,7 +5,7 @@ import torch
 
 from worker.training.backbones import build_model
 from worker.training.loop import FitCallbacks, TrainingCancelled, fit
-from worker.training.precision import resolve_amp
+from worker.training.precision import CPU_BF16_MIN_SIZE, resolve_amp
 from worker.training.spec import TrainSpec
 from worker.training.trainer import build_schedule
 
@@ -147,6 +147,15 @@ def test_mixed_precision_policy() -> None:
     assert resolve_amp("off", torch.device("cpu")) is None
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert resolve_amp("auto", torch.device("cpu")) == (torch.bfloat16 if native else None)
+
+
+def test_cpu_bf16_only_for_images_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)  # any host
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu, image_size=32) is None
+    assert resolve_amp("auto", cpu, image_size=CPU_BF16_MIN_SIZE) == torch.bfloat16
+    assert resolve_amp("auto", cpu, image_size=224) == torch.bfloat16
+    assert resolve_amp("off", cpu, image_size=224) is None
 
 
 def test_linear_probe_on_cached_features_matches_the_full_forward(digits_data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
