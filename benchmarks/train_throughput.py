@@ -103,13 +103,14 @@ def _train_images_per_second(
 def model_only_ratio(backbone: str, size: int, classes: int, batch: int) -> float:
     """The model alone: training steps on resident tensors, service settings ÷ reference's.
 
-    The service's precision (bf16 where native) and channels_last against fp32 in the
+    The service's precision (bf16 where native and the images are large enough, as
+    `resolve_amp` decides for the service) and channels_last against fp32 in the
     default memory format, with no data path at all: what those two settings give by
     themselves on this hardware. A throughput ratio above it comes from the data path
     (the textbook loop decodes with PIL every step).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = resolve_amp("auto", device)
+    amp = resolve_amp("auto", device, size)
     service = _train_images_per_second(backbone, size, classes, batch, amp, torch.channels_last)
     reference = _train_images_per_second(
         backbone, size, classes, batch, None, torch.contiguous_format

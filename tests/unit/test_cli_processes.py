@@ -1,5 +1,7 @@
 """`up`'s workers and the test harness's service processes die with their parent."""
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,4 +45,4 @@ def test_a_child_gets_sigterm_when_its_parent_is_killed() -> None:
         assert not _alive(child)
     finally:
         if _alive(child):
-            subprocess.run(["kill", "-9", str(child)], check=False)
+            os.kill(child, signal.SIGKILL)
