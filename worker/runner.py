@@ -31,6 +31,7 @@ from worker.training.heap import steady_heap
 from worker.training.loop import FitResult, TrainingCancelled, fit
 from worker.training.resume import ResumeState, load_state
 from worker.training.spec import TrainSpec
+from worker.training.trainer import TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,9 @@ def _train(settings: Settings, storage: Storage, lease: Lease, faults: Faults) -
             warning = {"code": "out_of_memory", "micro_batch": micro}
             reporter.write(lambda s, t=text, w=warning: add_event(s, lease.job_id, "warning", t, w))
             continue
+        except TrainingDiverged as exc:
+            reporter.flush()  # the finite epochs before it stay, with their checkpoints
+            raise JobFailure("training_diverged", str(exc)) from None
         except BaseException:
             with contextlib.suppress(Exception):  # the first failure is the one to report
                 reporter.flush()

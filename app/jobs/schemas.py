@@ -88,8 +88,24 @@ class Progress(BaseModel):
 
 
 class JobError(BaseModel):
-    code: str = Field(examples=["weights_unavailable"])
-    message: str
+    """Why a job failed: a stable `code` and a message that says what to change."""
+
+    code: str = Field(
+        description=(
+            "`dataset_not_found`, `model_not_found`, `weights_unavailable`, `weights_corrupt` "
+            "(the start weights), `out_of_memory` (even at a micro-batch of 1), "
+            "`training_diverged` (a loss or weight became NaN or infinite), "
+            "`max_attempts_exceeded` (its workers kept crashing), `training_error` (anything "
+            "else, with the exception's text)"
+        ),
+        examples=["training_diverged"],
+    )
+    message: str = Field(
+        examples=[
+            "the validation loss became inf in epoch 4; lower learning_rate (it is 5) "
+            "or add warmup_epochs"
+        ]
+    )
 
 
 class JobRead(BaseModel):

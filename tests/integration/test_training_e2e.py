@@ -94,6 +94,34 @@ def test_cancel_a_running_job_within_seconds(service: Service, digits10: Digits)
     assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
 
 
+def test_a_diverging_job_fails_with_a_clear_error_and_keeps_its_finite_epochs(
+    service: Service, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    client = service.client
+    members, _ = digit_members(range(10), per_class=20, size=16)
+    dataset = upload(client, write_zip(tmp_path / "d.zip", members)).raise_for_status().json()
+    spec = {
+        "dataset_id": dataset["id"],
+        "weights": None,
+        "epochs": 30,
+        **FAST,
+        "image_size": 16,
+        "optimizer": "sgd",
+        "learning_rate": 5,  # half the highest the API accepts: the logits overflow within epochs
+        "lr_schedule": "constant",
+    }
+    job = client.post("/v1/jobs", json=spec).json()
+    job = wait_job(client, job["id"])
+    assert job["status"] == "failed" and job["model_id"] is None, job
+    assert job["error"]["code"] == "training_diverged", job
+    assert "lower learning_rate" in job["error"]["message"]
+    epochs = [c["epoch"] for c in client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"]]
+    assert epochs == list(range(1, len(epochs) + 1))
+    assert f"in epoch {len(epochs) + 1};" in job["error"]["message"]
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert [e["type"] for e in events[-2:]] == ["error", "status"]
+
+
 def test_pretrained_partial_then_transfer_by_linear_probe(service: Service, tmp_path) -> None:  # type: ignore[no-untyped-def]
     client = service.client
     first_members, _ = digit_members(range(5), per_class=40, size=32)

@@ -127,6 +127,7 @@ def fit(
         }
         if val_on is not None:
             metrics.update(trainer.evaluate(val_on, "val"))
+        trainer.check_finite(epoch, metrics)
         best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else None
         if _is_better(metrics, best):
             trainer.best_epoch, best_state = epoch, cpu_state_dict(trainer.model.state_dict())

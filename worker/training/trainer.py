@@ -19,6 +19,24 @@ if TYPE_CHECKING:
     from worker.training.loop import FitCallbacks
 
 
+class TrainingDiverged(Exception):
+    """A loss or a weight turned NaN or infinite: the run is lost and cannot go on.
+
+    Raised by fit() after an epoch's evaluation and before its checkpoint, so every saved
+    checkpoint holds finite weights that give finite losses.
+    """
+
+    def __init__(self, spec: TrainSpec, epoch: int, what: str, mixed: bool) -> None:
+        remedies = [f"lower learning_rate (it is {spec.learning_rate:g})"]
+        if spec.warmup_epochs == 0:
+            remedies.append("add warmup_epochs")
+        if mixed:
+            remedies.append("set mixed_precision to off")
+        hint = " or ".join(filter(None, [", ".join(remedies[:-1]), remedies[-1]]))
+        super().__init__(f"{what} in epoch {epoch}; {hint}")
+        self.epoch, self.what = epoch, what
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -148,6 +166,22 @@ class Trainer:
             "images_per_second": seen / elapsed if elapsed > 0 else 0.0,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
+
+    def check_finite(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Raise TrainingDiverged if a loss or any float tensor of the model is not finite.
+
+        One host sync per epoch: every tensor's check is reduced on the device first.
+        """
+        for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss")):
+            if key in metrics and not math.isfinite(metrics[key]):
+                what = f"the {label} became {metrics[key]}"
+                raise TrainingDiverged(self.spec, epoch, what, self.amp is not None)
+        state = {k: t for k, t in self.model.state_dict().items() if t.is_floating_point()}
+        if bool(torch.stack([t.isfinite().all() for t in state.values()]).all()):
+            return
+        name = next(k for k, t in state.items() if not t.isfinite().all())
+        what = f"the model's {name} became non-finite"
+        raise TrainingDiverged(self.spec, epoch, what, self.amp is not None)
 
     @torch.inference_mode()
     def evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:

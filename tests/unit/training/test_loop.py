@@ -1,5 +1,7 @@
 """The training core on real digits, on CPU: it learns, freezes, stops and cancels."""
 
+import math
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from worker.training.backbones import build_model
 from worker.training.loop import FitCallbacks, TrainingCancelled, fit
 from worker.training.precision import CPU_BF16_MIN_SIZE, resolve_amp
 from worker.training.spec import TrainSpec
-from worker.training.trainer import build_schedule
+from worker.training.trainer import TrainingDiverged, build_schedule
 
 CLASSES = tuple(str(i) for i in range(10))
 
@@ -107,6 +109,22 @@ def test_cancel_is_polled_within_an_epoch(small_data) -> None:  # type: ignore[n
     with pytest.raises(TrainingCancelled):
         fit(spec(epochs=3), small_data, rec)
     assert rec.steps == 2 and rec.epochs == []
+
+
+def test_a_diverging_run_stops_before_saving_a_non_finite_epoch(small_data) -> None:  # type: ignore[no-untyped-def]
+    # SGD at half the highest learning rate the API accepts: the losses grow for a few
+    # epochs (BatchNorm keeps the training loss finite), then the validation logits overflow.
+    rec = Recorder()
+    with pytest.raises(TrainingDiverged) as caught:
+        s = spec(epochs=30, learning_rate=5.0, optimizer="sgd", lr_schedule="constant")
+        fit(s, small_data, rec)
+    assert caught.value.epoch == len(rec.epochs) + 1 > 1
+    assert "became inf" in caught.value.what or "became nan" in caught.value.what
+    losses = [m[key] for _, m, _ in rec.epochs for key in ("train_loss", "val_loss")]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert all(t.isfinite().all() for _, _, state in rec.epochs for t in state.values())
+    message = str(caught.value)
+    assert f"in epoch {caught.value.epoch}" in message and "learning_rate (it is 5)" in message
 
 
 def test_test_split_is_scored_with_the_best_weights(small_data) -> None:  # type: ignore[no-untyped-def]
