@@ -118,11 +118,14 @@ NOTES = """
   moved by ±20 % between runs of the same code (see the history in the issue notes).
 - Runs also land on different hosts under the same CPU name; the header's instruction set
   and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
-  service trains in bf16 + channels_last: on such a host its steps alone were 2.26× fp32
-  steps at 224 px (batch 32), and the rows were 1.50× (32 px) and 2.66× (224 px). On an
-  AVX2 host bf16 is emulated and slower than fp32, so the service trains in fp32 and
-  `model-only ratio` is what channels_last alone gives; the training rows then show mostly
-  what the data path gains.
+  service trains images of 64 px and up in bf16 + channels_last: on an AMX host
+  (2026-12-01, training rows only) its steps alone were 3.13× fp32 steps at 224 px and the
+  row 3.09×. Below 64 px bf16 steps were slower than fp32 there (0.69× at 32 px), so the
+  service trains small images in fp32 (1.14× at 32 px). On an AVX2 host bf16 is emulated and
+  slower than fp32, so the service trains in fp32 and `model-only ratio` is what
+  channels_last alone gives: 1.06× at 32 px and 1.11× at 64 and 224 px in four alternated
+  rounds (2026-12-01), single rounds between 0.95 and 1.17, so one run's figure may land on
+  either side of 1. The training rows then show mostly what the data path gains.
 - The service's side of the training rows and the core runs of the overhead row run in a
   separate long-lived process with the worker's training heap (glibc keeps the memory a
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
