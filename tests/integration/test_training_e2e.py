@@ -1,6 +1,7 @@
 """The whole flow through HTTP with a real worker process on Postgres and Redis."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,8 +96,8 @@ def test_cancel_a_running_job_within_seconds(service: Service, digits10: Digits)
 
 
 def test_a_diverging_job_fails_with_a_clear_error_and_keeps_its_finite_epochs(
-    service: Service, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    service: Service, tmp_path: Path
+) -> None:
     client = service.client
     members, _ = digit_members(range(10), per_class=20, size=16)
     dataset = upload(client, write_zip(tmp_path / "d.zip", members)).raise_for_status().json()

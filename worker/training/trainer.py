@@ -32,7 +32,8 @@ class TrainingDiverged(Exception):
             remedies.append("add warmup_epochs")
         if mixed:
             remedies.append("set mixed_precision to off")
-        hint = " or ".join(filter(None, [", ".join(remedies[:-1]), remedies[-1]]))
+        *others, last = remedies
+        hint = f"{', '.join(others)} or {last}" if others else last
         super().__init__(f"{what} in epoch {epoch}; {hint}")
         self.epoch, self.what = epoch, what
 

@@ -45,10 +45,11 @@ def test_resumed_run_matches_uninterrupted(small_data, tmp_path: Path, overrides
         image_size=16,
         learning_rate=2e-3,
         device="cpu",
-        # Bit-exact resume is checked in fp32. On a host with AMX (CPU bf16 autocast on),
-        # 4 of 10 pytest runs had the two bf16 runs differ at epoch 4 (in CI, a NaN loss)
-        # while fp32 passed 10 of 10: oneDNN's bf16 kernels are not reproducible
-        # run to run there, with or without a resume. Open in issue 6's notes.
+        # Bit-exact resume is checked in fp32. Before "auto" kept CPU bf16 for 64 px and up
+        # (precision.CPU_BF16_MIN_SIZE), this 16 px run took bf16 on an AMX host, and 4 of 10
+        # pytest runs differed at epoch 4 (in CI, a NaN loss) while fp32 passed 10 of 10:
+        # oneDNN's bf16 kernels were not reproducible run to run there, resumed or not.
+        # Pinned, so that a change of that threshold cannot bring it back.
         mixed_precision="off",
         **overrides,
     )
