@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from worker.training.heap import steady_heap
-from worker.training.precision import resolve_amp
+from worker.training.precision import CPU_BF16_MIN_SIZE, resolve_amp
 
 T = TypeVar("T")
 
@@ -138,6 +138,11 @@ def peak_cuda_mib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
+def _cpu_autocast() -> str:
+    dtype = resolve_amp("auto", torch.device("cpu"))
+    return f"{dtype} from {CPU_BF16_MIN_SIZE} px" if dtype else "off (fp32)"
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -153,7 +158,7 @@ def machine() -> dict[str, Any]:
         # Same model name, different hosts: the instruction set decides the training rows
         # (bf16 autocast only where the CPU runs bf16 natively).
         "isa": torch.backends.cpu.get_cpu_capability(),
-        "cpu autocast": str(resolve_amp("auto", torch.device("cpu")) or "off (fp32)"),
+        "cpu autocast": _cpu_autocast(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

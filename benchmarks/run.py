@@ -118,14 +118,17 @@ NOTES = """
   moved by ±20 % between runs of the same code (see the history in the issue notes).
 - Runs also land on different hosts under the same CPU name; the header's instruction set
   and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
-  service trains images of 64 px and up in bf16 + channels_last: on an AMX host
-  (2026-12-01, training rows only) its steps alone were 3.13× fp32 steps at 224 px and the
-  row 3.09×. Below 64 px bf16 steps were slower than fp32 there (0.69× at 32 px), so the
-  service trains small images in fp32 (1.14× at 32 px). On an AVX2 host bf16 is emulated and
-  slower than fp32, so the service trains in fp32 and `model-only ratio` is what
-  channels_last alone gives: 1.06× at 32 px and 1.11× at 64 and 224 px in four alternated
-  rounds (2026-12-01), single rounds between 0.95 and 1.17, so one run's figure may land on
-  either side of 1. The training rows then show mostly what the data path gains.
+  service trains images of 64 px and up in bf16 + channels_last. At 224 px its steps alone
+  ran 3.13× fp32 steps on an AMX host (row 3.09×) and 2.47× on an AVX512-BF16 EPYC without
+  AMX (row 2.89×, 2026-12-01). Below 64 px the service trains in fp32 on every CPU: on the
+  AMX host bf16 steps were slower (0.69× at 32 px); on the AVX512-BF16 EPYC they were
+  faster alone (1.3-1.7× at 32 px), but whole 32 px epochs gained 0.96-1.48× in five runs
+  and one of four 16 px runs diverged (worker/training/precision.py). So at 32 px
+  `model-only ratio` is what channels_last alone gives: 1.06× on an AVX2 host in four
+  alternated rounds (single rounds 0.95-1.17), 0.91-1.05× in three on the AVX512 EPYC. The
+  32 px row then shows mostly what the data path gains, and less of it on a faster CPU: the
+  same textbook loop ran 150 img/s on the AVX2 host and 454 img/s on the AVX512 EPYC, where
+  PIL decoding in its DataLoader workers holds it back less.
 - The service's side of the training rows and the core runs of the overhead row run in a
   separate long-lived process with the worker's training heap (glibc keeps the memory a
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
@@ -163,9 +166,16 @@ NOTES = """
   on a fast day the saturated row reached 344 req/s and the target row's p99 was 20 ms; on
   a day when the same VM served 153 req/s (and the textbook loop ran at two thirds of its
   speed), p99 was 89 ms. `idle p99 ms`, the same load with no job, shows which day it was.
-- Micro-batching cannot give more than `forward ceiling ratio`: a 32-image forward of the
-  served model against 32 one-image forwards, in-process. On this CPU a one-image forward
-  already keeps both cores busy, so batching gains 2–3× at most, not the ≥10× of a GPU.
+- `forward ceiling ratio` is what micro-batching saves in the model itself: a 32-image
+  forward of the served model against 32 one-image forwards, in-process on idle cores. On
+  this CPU a one-image forward already keeps both cores busy, so batching gains 2-3× there,
+  not the ≥10× of a GPU. The end-to-end ratio can land above it (3.16 against 2.53 on the
+  AVX512 EPYC; 1.88 against 1.89 on the AVX2 host): the ceiling is measured on idle cores,
+  while served forwards share the two cores with the load generator and 32 requests' HTTP
+  and decoding, and one-image forwards appear to lose more to that sharing than batched
+  ones do (not profiled further).
+- `torch.compile` pays on some CPUs only: its later epochs ran 1.11× eager on the AVX512
+  EPYC and 0.73× on the AVX2 host, after a first epoch that spends a minute compiling.
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
@@ -191,7 +201,7 @@ def results_markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "`model alone`: the same comparison for the model alone on this hardware, with no data",
         "path, HTTP or queueing, measured in the same run. For training it is what bf16 and",
         "channels_last give by themselves (the rest of a ratio comes from the data path); for",
-        "predict it is the most micro-batching can give.",
+        "predict it is what batching saves in the model itself.",
         "",
         "| target | measured | model alone | met |",
         "|---|---|---|---|",

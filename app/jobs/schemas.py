@@ -69,7 +69,8 @@ class JobCreate(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     compile: bool = Field(
         False,
-        description="torch.compile the forward pass: slower start, faster steps on long runs.",
+        description="torch.compile the forward pass: the first epoch pays the compile; later "
+        "steps are faster on GPUs and on some CPUs only (README, Speed).",
     )
 
     @model_validator(mode="after")

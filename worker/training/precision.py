@@ -6,9 +6,13 @@ predict), so that train and serve agree on what "auto" means on the same machine
 
 import torch
 
-# Below this side, CPU bf16 loses to fp32: its casts cost more than small convolutions gain.
-# ResNet18, batch 100, bf16 + channels_last over fp32 on an AMX Xeon (2 threads):
-# 0.69× at 32 px, 1.23× at 64, 1.61× at 96, 1.74× at 128, 2.65× at 224.
+# Below this side a CPU trains in fp32, whatever its bf16 units. ResNet18, batch 100, bf16 +
+# channels_last over fp32 (2 threads): on an AMX Xeon 0.69× at 32 px, 1.23× at 64, 1.61× at
+# 96, 1.74× at 128, 2.65× at 224 (its casts cost more than small convolutions gain). On an
+# AVX512-BF16 EPYC without AMX the steps alone won from 16 px up (1.3-1.7× at 32 px), but
+# whole 32 px epochs gained 0.96-1.48× in five runs (top-1 0.902 against 0.908 over four
+# seeds), and of four 16 px runs one diverged (NaN weights in layer4, where the map is 1×1)
+# and one lost 10 points of accuracy: too little speed for that risk (2026-12-01).
 CPU_BF16_MIN_SIZE = 64
 
 
