@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from worker.training.spec import TrainSpec
 
@@ -52,13 +52,16 @@ def save_weights(
 ) -> str:
     """Save a state dict as a weights file of the contract; return its SHA-256.
 
-    The file is serialised once in memory and hashed from there, so recording its checksum
-    costs no second read (`copied`: `state` is already a CPU snapshot).
+    Written straight to the file, then hashed as it is read back from the page cache:
+    safetensors' in-memory `save` copies every tensor twice more on the way to a bytes
+    object. For ResNet18 that path took ~95 ms of CPU and this one ~50 ms (same bytes), time
+    the checkpoint thread takes from the training threads every epoch on a small CPU.
+    (`copied`: `state` is already a CPU snapshot.)
     """
     tensors = dict(state) if copied else cpu_state_dict(state)
-    data = save(tensors, metadata=metadata)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    return hashlib.sha256(data).hexdigest()
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Weights files and starting weights: the contract's format, TORCH_HOME, earlier models."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def test_weights_file_round_trips_into_plain_torchvision(tmp_path: Path) -> None
     model, _ = build_model(spec)
     model = model.to(memory_format=torch.channels_last)  # saved tensors must come out contiguous
     path = tmp_path / "w.safetensors"
-    save_weights(path, model.state_dict(), weights_metadata(spec, job_id="job_x", epoch=3))
+    sha256 = save_weights(path, model.state_dict(), weights_metadata(spec, job_id="job_x", epoch=3))
+    assert sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     fresh = models.get_model("resnet18", weights=None, num_classes=3)
     fresh.load_state_dict(load_file(path), strict=True)
     for name, tensor in model.state_dict().items():
