@@ -134,8 +134,12 @@ NOTES = """
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
   as a worker's pool child runs a job. The textbook loop and the model-alone steps run in
   the benchmark process with glibc's defaults, as users run them.
-- The 224 px rows train from random initialisation for two short epochs, so both loops stay
-  at chance accuracy there; the 32 px row is the accuracy comparison (equal within noise).
+- The 224 px rows train from random initialisation for two short epochs (14 steps), so both
+  loops stay at chance accuracy there: the training loss falls, but BatchNorm's running
+  statistics have not caught up for evaluation (fine-tuning from weights trained on these
+  digits at 32 or 64 px reached only 0.35 in the same steps). `reference loss` and `service
+  loss`, the last epoch's mean training loss, show whether both learned alike; the 32 px
+  row is the accuracy comparison (equal within noise).
 - At 224 px the model itself is the bottleneck on this CPU: convolutions are ~80 % of a
   step (torch.profiler), and `model-only ratio` (the service's precision and layout against
   fp32 steps, on resident tensors) is what they alone give. The service's row lands above it

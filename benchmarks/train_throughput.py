@@ -67,6 +67,7 @@ def service_core(
         "images_per_second": seen / (train_s + decode_s),
         "train_seconds": train_s + decode_s,
         "decode_seconds": decode_s,
+        "train_loss": result.history[-1]["train_loss"],
         "accuracy": result.test_metrics["test_accuracy"] if result.test_metrics else None,
     }
 
@@ -158,6 +159,8 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
                 ),
                 "reference acc": ref["accuracy"],
                 "service acc": ours["accuracy"],
+                "reference loss": ref["train_loss"],
+                "service loss": ours["train_loss"],
                 "peak RSS MiB": peak_rss_mib(),
                 "peak CUDA MiB": peak_cuda_mib(),
             }

@@ -41,6 +41,8 @@ def test_benchmarks_run_on_the_tiny_setting(tmp_path: Path) -> None:
         "predict, 32 concurrent clients",
     } <= names
     assert all(row.get("ratio", 1) > 0 for row in results["rows"])
+    training = [r for r in results["rows"] if r["benchmark"] == "training throughput"]
+    assert all(r["reference loss"] > 0 and r["service loss"] > 0 for r in training)
     ceilings = {"training throughput": "model-only ratio", "predict": "forward ceiling ratio"}
     for prefix, ceiling in ceilings.items():
         assert all(r[ceiling] > 0 for r in results["rows"] if r["benchmark"].startswith(prefix))
