@@ -119,16 +119,17 @@ NOTES = """
 - Runs also land on different hosts under the same CPU name; the header's instruction set
   and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
   service trains images of 64 px and up in bf16 + channels_last. At 224 px its steps alone
-  ran 3.13× fp32 steps on an AMX host (row 3.09×) and 2.47× on an AVX512-BF16 EPYC without
-  AMX (row 2.89×, 2026-12-01). Below 64 px the service trains in fp32 on every CPU: on the
-  AMX host bf16 steps were slower (0.69× at 32 px); on the AVX512-BF16 EPYC they were
-  faster alone (1.3-1.7× at 32 px), but whole 32 px epochs gained 0.96-1.48× in five runs
-  and one of four 16 px runs diverged (worker/training/precision.py). So at 32 px
+  ran 3.13× fp32 steps on an AMX host (row 3.09×) and 2.47× and 2.66× in two runs on an
+  AVX512-BF16 EPYC without AMX (rows 2.89× and 3.02×, 2026-12-01). Below 64 px the service
+  trains in fp32 on every CPU: on the AMX host bf16 steps were slower (0.69× at 32 px); on
+  the AVX512-BF16 EPYC they were faster alone (1.3-1.7× at 32 px), but whole 32 px epochs
+  gained 0.96-1.48× in five runs and one of four 16 px runs diverged
+  (worker/training/precision.py). So at 32 px
   `model-only ratio` is what channels_last alone gives: 1.06× on an AVX2 host in four
-  alternated rounds (single rounds 0.95-1.17), 0.91-1.05× in three on the AVX512 EPYC. The
+  alternated rounds (single rounds 0.95-1.17), 0.91-1.05× in four on the AVX512 EPYC. The
   32 px row then shows mostly what the data path gains, and less of it on a faster CPU: the
-  same textbook loop ran 150 img/s on the AVX2 host and 454 img/s on the AVX512 EPYC, where
-  PIL decoding in its DataLoader workers holds it back less.
+  same textbook loop ran 150 img/s on the AVX2 host and 454-481 img/s on the AVX512 EPYC,
+  where PIL decoding in its DataLoader workers holds it back less.
 - The service's side of the training rows and the core runs of the overhead row run in a
   separate long-lived process with the worker's training heap (glibc keeps the memory a
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
@@ -173,13 +174,14 @@ NOTES = """
 - `forward ceiling ratio` is what micro-batching saves in the model itself: a 32-image
   forward of the served model against 32 one-image forwards, in-process on idle cores. On
   this CPU a one-image forward already keeps both cores busy, so batching gains 2-3× there,
-  not the ≥10× of a GPU. The end-to-end ratio can land above it (3.16 against 2.53 on the
-  AVX512 EPYC; 1.88 against 1.89 on the AVX2 host): the ceiling is measured on idle cores,
-  while served forwards share the two cores with the load generator and 32 requests' HTTP
-  and decoding, and one-image forwards appear to lose more to that sharing than batched
-  ones do (not profiled further).
-- `torch.compile` pays on some CPUs only: its later epochs ran 1.11× eager on the AVX512
-  EPYC and 0.73× on the AVX2 host, after a first epoch that spends a minute compiling.
+  not the ≥10× of a GPU. The end-to-end ratio follows it loosely, on either side: 3.16
+  against 2.53 and 2.55 against 3.02 in two runs on the AVX512 EPYC, 1.88 against 1.89 on
+  the AVX2 host. The ceiling is measured on idle cores; served forwards share the two cores
+  with the load generator and 32 requests' HTTP and decoding, which moves both sides of the
+  end-to-end ratio from run to run.
+- `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.11× and 0.95×
+  eager in two runs on the AVX512 EPYC and 0.73× on the AVX2 host, after a first epoch
+  that spends 20-90 s compiling (less when inductor's cache in /tmp is warm).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).

@@ -69,8 +69,8 @@ class JobCreate(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     compile: bool = Field(
         False,
-        description="torch.compile the forward pass: the first epoch pays the compile; later "
-        "steps are faster on GPUs and on some CPUs only (README, Speed).",
+        description="torch.compile the forward pass: the first epoch pays the compile; meant "
+        "for GPU workers, it rarely pays on a CPU (README, Speed).",
     )
 
     @model_validator(mode="after")
