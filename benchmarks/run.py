@@ -124,12 +124,12 @@ NOTES = """
   trains in fp32 on every CPU: on the AMX host bf16 steps were slower (0.69× at 32 px); on
   the AVX512-BF16 EPYC they were faster alone (1.3-1.7× at 32 px), but whole 32 px epochs
   gained 0.96-1.48× in five runs and one of four 16 px runs diverged
-  (worker/training/precision.py). So at 32 px
-  `model-only ratio` is what channels_last alone gives: 1.06× on an AVX2 host in four
-  alternated rounds (single rounds 0.95-1.17), 0.91-1.05× in four on the AVX512 EPYC. The
-  32 px row then shows mostly what the data path gains, and less of it on a faster CPU: the
-  same textbook loop ran 150 img/s on the AVX2 host and 454-481 img/s on the AVX512 EPYC,
-  where PIL decoding in its DataLoader workers holds it back less.
+  (worker/training/precision.py). So at 32 px `model-only ratio` is what channels_last
+  alone gives: 1.06× on an AVX2 host in four alternated rounds (single rounds 0.95-1.17),
+  0.91-1.05× in four on the AVX512 EPYC. The 32 px row then shows mostly what the data path
+  gains, and less of it on a faster CPU: the same textbook loop ran 150 img/s on the AVX2
+  host and 454-481 img/s on the AVX512 EPYC, where PIL decoding in its DataLoader workers
+  holds it back less.
 - The service's side of the training rows and the core runs of the overhead row run in a
   separate long-lived process with the worker's training heap (glibc keeps the memory a
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
