@@ -8,6 +8,7 @@ matches: the stale worker's writes change nothing and it stops itself.
 import logging
 import os
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -76,11 +77,24 @@ class Lease:
         return bool(renewed)
 
     def _run(self) -> None:
+        last = time.monotonic()
         while not self._stop.wait(self.lease_s / 3):
             if os.getppid() != self._parent:  # the Celery main process died (kill -9)
                 self.request_release("parent_lost")
             try:
-                if not self.renew():
+                began = time.monotonic()
+                renewed = self.renew()
+                done = time.monotonic()
+                gap = done - last
+                if gap > self.lease_s / 2:  # the reaper hands the job on once gap > lease_s
+                    log.warning(
+                        "job %s attempt %d: lease renewed %.1f s after the last one (lease %g s;"
+                        " the renewal itself took %.1f s): this process is short of CPU or the"
+                        " database is slow",
+                        self.job_id, self.attempt, gap, self.lease_s, done - began,
+                    )  # fmt: skip
+                last = done
+                if not renewed:
                     log.warning("job %s attempt %d: lease lost", self.job_id, self.attempt)
                     self.lost.set()
                     return

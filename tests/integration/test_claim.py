@@ -1,13 +1,20 @@
 """The claim: one winner per job, and a tenant never runs more than its cap of jobs."""
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.db import get_sessionmaker
 from app.core.ids import new_id
-from app.core.models import LOCAL_TENANT, Dataset, Job, JobStatus, Worker
+from app.core.models import LOCAL_TENANT, Dataset, Job, JobEvent, JobStatus, Worker
 from app.jobs.service import queue_info
+from worker.lease import AttemptInterrupted, Lease
 from worker.runner import claim
 
 
@@ -73,3 +80,51 @@ def test_a_tenant_at_its_cap_waits_and_is_told_why(db_session: Session, tmp_path
     assert info["reason"] == "this tenant already runs 1 jobs, its limit is 1"
     roomier = settings.model_copy(update={"max_running_jobs_per_tenant": 2})
     assert claim(db_session, roomier, waiting.id) == 1
+
+
+class _SlowFirstRenewal(Lease):
+    """A renewal that takes 0.4 s once, as on a starved machine or a slow database."""
+
+    slow = True
+
+    def renew(self) -> bool:
+        if self.slow:
+            self.slow = False
+            time.sleep(0.4)
+        return super().renew()
+
+
+def _wait(predicate: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_late_renewal_is_logged_and_a_lost_lease_stops_the_attempt(
+    pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Committed for real: the lease thread renews through its own connections."""
+    settings = Settings(data_dir=tmp_path, database_url=pg_url)
+    sessions = get_sessionmaker(pg_url)
+    with sessions() as session:
+        job = _job(session, _dataset(session))
+        assert claim(session, settings, job.id) == 1
+    lease = _SlowFirstRenewal(sessions, job.id, 1, lease_s=0.6).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="worker.lease"):
+            _wait(lambda: "lease renewed" in caplog.text, "the late-renewal warning")
+            assert f"job {job.id} attempt 1: lease renewed 0.6 s after the last one" in caplog.text
+            with sessions() as session:  # the reaper gave the job to attempt 2
+                session.execute(update(Job).where(Job.id == job.id).values(attempts=2))
+                session.commit()
+            _wait(lease.lost.is_set, "the lease to be lost")
+        with pytest.raises(AttemptInterrupted, match="lease_lost"):
+            lease.check()
+    finally:
+        lease.stop()
+        with sessions() as session:
+            session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+            session.execute(delete(Job).where(Job.id == job.id))
+            session.execute(delete(Dataset).where(Dataset.id == job.dataset_id))
+            session.commit()

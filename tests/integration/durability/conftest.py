@@ -107,6 +107,15 @@ class Cluster:
         wait_log(log, "ready.", proc)
         return proc
 
+    def lease_log(self, job_id: str) -> str:
+        """The workers' log lines on this job's leases: why an attempt was handed on."""
+        return "\n".join(
+            line
+            for log in sorted(self.root.glob("worker*.log"))
+            for line in log.read_text(errors="replace").splitlines()
+            if job_id in line and "lease" in line
+        )
+
     def job_row(self, job_id: str) -> Job:
         with self.sessions() as session:
             job = session.get(Job, job_id)

@@ -32,7 +32,8 @@ def test_kill_9_of_the_training_child_resumes_from_last_epoch(cluster: Cluster) 
     wait_epochs(cluster, job_id, 2)
     os.kill(_child_pid(cluster, job_id), signal.SIGKILL)
     job = assert_clean_history(cluster, job_id)
-    assert job["attempts"] == 2 and started_attempts(cluster, job_id) == [1, 2]
+    attempts = (job["attempts"], started_attempts(cluster, job_id))
+    assert attempts == (2, [1, 2]), cluster.lease_log(job_id)
 
 
 def test_kill_9_of_the_worker_main_process(cluster: Cluster) -> None:
@@ -43,7 +44,7 @@ def test_kill_9_of_the_worker_main_process(cluster: Cluster) -> None:
     os.kill(first.pid, signal.SIGKILL)
     cluster.worker(faults=SLOW)
     job = assert_clean_history(cluster, job_id)
-    assert job["attempts"] == 2
+    assert job["attempts"] == 2, cluster.lease_log(job_id)
     wait_for(
         lambda: not os.path.exists(f"/proc/{child}") or _zombie(child), what="orphan child exits"
     )
@@ -61,7 +62,8 @@ def test_task_outliving_the_visibility_timeout_runs_once(cluster: Cluster) -> No
     cluster.worker(faults=SLOW, visibility_timeout_s="1")
     job_id = submit(cluster)
     job = assert_clean_history(cluster, job_id)
-    assert job["attempts"] == 1 and started_attempts(cluster, job_id) == [1]
+    attempts = (job["attempts"], started_attempts(cluster, job_id))
+    assert attempts == (1, [1]), cluster.lease_log(job_id)
 
 
 def test_paused_worker_past_its_lease_is_fenced_off(cluster: Cluster) -> None:
@@ -77,7 +79,7 @@ def test_paused_worker_past_its_lease_is_fenced_off(cluster: Cluster) -> None:
     finally:
         os.killpg(paused.pid, signal.SIGCONT)  # the stale attempt wakes up and must write nothing
     job = assert_clean_history(cluster, job_id)
-    assert job["attempts"] == 2
+    assert job["attempts"] == 2, cluster.lease_log(job_id)
 
 
 def test_redis_flushed_mid_job_and_down_at_submit(cluster: Cluster) -> None:
@@ -96,7 +98,7 @@ def test_redis_flushed_mid_job_and_down_at_submit(cluster: Cluster) -> None:
     assert cluster.client.get(f"/v1/jobs/{down_id}").json()["status"] == "queued"
     cluster.redis.start()
     job = assert_clean_history(cluster, down_id)
-    assert job["attempts"] == 1
+    assert job["attempts"] == 1, cluster.lease_log(down_id)
 
 
 def test_postgres_connections_killed_mid_job(cluster: Cluster) -> None:
@@ -124,7 +126,7 @@ def test_sigterm_hands_the_job_to_another_worker(cluster: Cluster) -> None:
     leaving.wait(timeout=30)
     cluster.worker(faults=SLOW)
     job = assert_clean_history(cluster, job_id)
-    assert job["attempts"] == 2
+    assert job["attempts"] == 2, cluster.lease_log(job_id)
     released = [e for e in events(cluster, job_id) if e["data"].get("reason") == "shutdown"]
     assert len(released) == 1
 
@@ -167,6 +169,6 @@ def test_out_of_memory_halves_the_batch_and_succeeds(cluster: Cluster) -> None:
     cluster.worker(faults="oom_above=8")
     job_id = submit(cluster, batch_size=16)
     job = assert_clean_history(cluster, job_id)
-    assert job["attempts"] == 1
+    assert job["attempts"] == 1, cluster.lease_log(job_id)
     warnings = [e for e in events(cluster, job_id) if e["type"] == "warning"]
     assert [w["data"]["micro_batch"] for w in warnings] == [8]
