@@ -119,17 +119,19 @@ NOTES = """
 - Runs also land on different hosts under the same CPU name; the header's instruction set
   and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
   service trains images of 64 px and up in bf16 + channels_last. At 224 px its steps alone
-  ran 3.13× fp32 steps on an AMX host (row 3.09×) and 2.47× and 2.66× in two runs on an
-  AVX512-BF16 EPYC without AMX (rows 2.89× and 3.02×, 2026-12-01). Below 64 px the service
-  trains in fp32 on every CPU: on the AMX host bf16 steps were slower (0.69× at 32 px); on
-  the AVX512-BF16 EPYC they were faster alone (1.3-1.7× at 32 px), but whole 32 px epochs
-  gained 0.96-1.48× in five runs and one of four 16 px runs diverged
-  (worker/training/precision.py). So at 32 px `model-only ratio` is what channels_last
-  alone gives: 1.06× on an AVX2 host in four alternated rounds (single rounds 0.95-1.17),
-  0.91-1.05× in four on the AVX512 EPYC. The 32 px row then shows mostly what the data path
-  gains, and less of it on a faster CPU: the same textbook loop ran 150 img/s on the AVX2
-  host and 454-481 img/s on the AVX512 EPYC, where PIL decoding in its DataLoader workers
-  holds it back less.
+  ran 3.13× and 3.44× fp32 steps on two AMX Xeons (rows 3.09× and 4.47×, the second in run
+  15, 2026-12-01 19:14) and 2.47× and 2.66× in two runs on an AVX512-BF16 EPYC without AMX
+  (rows 2.89× and 3.02×). Below 64 px the service trains in fp32 on every CPU: on an AMX
+  host bf16 steps were slower (0.69× at 32 px; on the second, bf16 convolutions' backward
+  took 86 ms a step against fp32's 71 ms, torch.profiler); on the AVX512-BF16 EPYC they were
+  faster alone (1.3-1.7× at 32 px), but whole 32 px epochs gained 0.96-1.48× in five runs
+  and one of four 16 px runs diverged (worker/training/precision.py). So at 32 px
+  `model-only ratio` is what channels_last alone gives: 1.06× on an AVX2 host in four
+  alternated rounds (single rounds 0.95-1.17), 0.91-1.05× in four on the AVX512 EPYC, 0.95×
+  in five on the second AMX Xeon. The 32 px row then shows mostly what the data path gains,
+  and less of it on a faster CPU: the same textbook loop ran 150 img/s on the AVX2 host and
+  454-611 img/s on the AVX512 hosts, where PIL decoding in its DataLoader workers holds it
+  back less.
 - The service's side of the training rows and the core runs of the overhead row run in a
   separate long-lived process with the worker's training heap (glibc keeps the memory a
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
@@ -141,12 +143,14 @@ NOTES = """
   digits at 32 or 64 px reached only 0.35 in the same steps). `reference loss` and `service
   loss`, the last epoch's mean training loss, show whether both learned alike; the 32 px
   row is the accuracy comparison (equal within noise).
-- At 224 px the model itself is the bottleneck on this CPU: convolutions are ~80 % of a
+- At 224 px the model itself is the bottleneck on these CPUs: convolutions are ~80 % of a
   step (torch.profiler), and `model-only ratio` (the service's precision and layout against
   fp32 steps, on resident tensors) is what they alone give. The service's row lands above it
-  only because the textbook loop also pays for PIL decoding in DataLoader workers that
-  compete for the same two cores; 3.5× would need a bigger bf16 speed-up than the matrix
-  units of these CPUs give.
+  because the textbook loop also pays for PIL decoding in DataLoader workers that compete
+  for the same two cores (the row over the model alone: 1.30× on the second AMX Xeon,
+  1.13-1.17× on the EPYC). So whether 3.5× is reached depends on the host's matrix units:
+  met on the second AMX Xeon (4.47×), missed on the first (3.09×), on the AVX512-BF16 EPYC
+  (2.89-3.02×) and on AVX2, which has no native bf16 (1.24×).
 - Service overhead compares each job with a core run right beside it, in six pairs whose
   order alternates (job first, then core first), and takes the median of the pairs' ratios:
   the machine's speed moves by tens of percent within minutes (one 10-epoch job's epochs
@@ -161,7 +165,16 @@ NOTES = """
   (the API answering the client's polls, Celery parents, broker polling, the pool child
   with its checkpoint writer and lease threads) over the core process's own. Drift
   stretches it far less than wall time, so it is the steadier figure of what the service
-  adds; a wall ratio above it is time the job waited or was crowded out, not work.
+  adds; a wall ratio above it is time the job waited or was crowded out, not work. The ratio
+  also grows as the CPU gets faster: the same 4-epoch job took the core 10.5 s on the EPYC
+  (ratio 1.13) and 7.2 s on the second AMX Xeon (1.21), while the service's own seconds
+  stayed at ~0.6 s and the pool child's steps ran 1.08× and 1.15× the bare core's. Per
+  thread (/proc, sampled every 50 ms through an 8.5 s job on the AMX Xeon): the two
+  training threads 7.9 and 7.5 s, the checkpoint writer 0.53 s (four epochs' weights and
+  optimiser state: write, fsync, sha256), the API answering the client's polls 0.17 s, the
+  Celery parents 0.05 s; the others woke ~700 times in all. Beside the bare core, a process
+  that woke 90 times a second and used 1.8 % of the two cores slowed it by 2.9 %. These
+  account for about half of the steps' 15 %; the rest is not yet explained.
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it
@@ -173,15 +186,17 @@ NOTES = """
   speed), p99 was 89 ms. `idle p99 ms`, the same load with no job, shows which day it was.
 - `forward ceiling ratio` is what micro-batching saves in the model itself: a 32-image
   forward of the served model against 32 one-image forwards, in-process on idle cores. On
-  this CPU a one-image forward already keeps both cores busy, so batching gains 2-3× there,
-  not the ≥10× of a GPU. The end-to-end ratio follows it loosely, on either side: 3.16
-  against 2.53 and 2.55 against 3.02 in two runs on the AVX512 EPYC, 1.88 against 1.89 on
-  the AVX2 host. The ceiling is measured on idle cores; served forwards share the two cores
-  with the load generator and 32 requests' HTTP and decoding, which moves both sides of the
-  end-to-end ratio from run to run.
-- `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.11× and 0.95×
-  eager in two runs on the AVX512 EPYC and 0.73× on the AVX2 host, after a first epoch
-  that spends 20-90 s compiling (less when inductor's cache in /tmp is warm).
+  the AVX2 host and the AVX512 EPYC a one-image forward already keeps both cores busy, so
+  batching gained 1.9-3× there, not the ≥10× of a GPU; on the second AMX Xeon it gained
+  6.09×. The end-to-end ratio follows it loosely, on either side: 3.79 against 6.09 on that
+  AMX Xeon, 3.16 against 2.53 and 2.55 against 3.02 in two runs on the EPYC, 1.88 against
+  1.89 on the AVX2 host. The ceiling is measured on idle cores; served forwards share the
+  two cores with the load generator and 32 requests' HTTP and decoding, which moves both
+  sides of the end-to-end ratio from run to run.
+- `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
+  the second AMX Xeon, 1.11× and 0.95× in two runs on the AVX512 EPYC and 0.73× on the
+  AVX2 host, after a first epoch that spends 20-90 s compiling (less when inductor's cache
+  in /tmp is warm).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
@@ -194,7 +209,8 @@ def results_markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "# Benchmark results",
         "",
         f"Last full run of `make bench`: {info['date']}, {info['cpu']} "
-        f"({info['threads']} threads, {info.get('isa', '?')}, CPU autocast "
+        f"({info['threads']} threads, {info.get('isa', '?')}, native bf16: "
+        f"{info.get('bf16 units', '?')}, CPU autocast "
         f"{info.get('cpu autocast', '?')}), GPU: {info['gpu'] or 'none'}, "
         f"Python {info['python']}, torch {info['torch']}.",
         "Every figure below was measured in that one run, side by side; `ratio` = service ÷ "
