@@ -1,6 +1,7 @@
 """The training core on real digits, on CPU: it learns, freezes, stops and cancels."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -113,13 +114,17 @@ def test_cancel_is_polled_within_an_epoch(small_data) -> None:  # type: ignore[n
 
 def test_a_diverging_run_stops_before_saving_a_non_finite_epoch(small_data) -> None:  # type: ignore[no-untyped-def]
     # SGD at half the highest learning rate the API accepts: the losses grow for a few
-    # epochs (BatchNorm keeps the training loss finite), then the validation logits overflow.
+    # epochs (BatchNorm keeps the training loss finite), then the validation logits overflow,
+    # or, with other CPU kernels (an AMX Xeon), a BatchNorm's running variance does first.
     rec = Recorder()
     with pytest.raises(TrainingDiverged) as caught:
         s = spec(epochs=30, learning_rate=5.0, optimizer="sgd", lr_schedule="constant")
         fit(s, small_data, rec)
     assert caught.value.epoch == len(rec.epochs) + 1 > 1
-    assert "became inf" in caught.value.what or "became nan" in caught.value.what
+    assert re.fullmatch(
+        r"the (training|validation) loss became (inf|nan)|the model's [\w.]+ became non-finite",
+        caught.value.what,
+    ), caught.value.what
     losses = [m[key] for _, m, _ in rec.epochs for key in ("train_loss", "val_loss")]
     assert all(math.isfinite(loss) for loss in losses)
     assert all(t.isfinite().all() for _, _, state in rec.epochs for t in state.values())
