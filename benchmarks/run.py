@@ -172,9 +172,11 @@ NOTES = """
   thread (/proc, sampled every 50 ms through an 8.5 s job on the AMX Xeon): the two
   training threads 7.9 and 7.5 s, the checkpoint writer 0.53 s (four epochs' weights and
   optimiser state: write, fsync, sha256), the API answering the client's polls 0.17 s, the
-  Celery parents 0.05 s; the others woke ~700 times in all. Beside the bare core, a process
-  that woke 90 times a second and used 1.8 % of the two cores slowed it by 2.9 %. These
-  account for about half of the steps' 15 %; the rest is not yet explained.
+  Celery parents 0.05 s; the others woke ~700 times in all. Beside the bare core, in
+  alternated rounds: the same checkpoint writer slowed it by 4.7 % (no better with the
+  writer thread at nice 19), a process that woke 90 times a second and used 1.8 % of the two
+  cores by 2.9 %, and a fork from a parent that had imported the worker instead of a spawn
+  by 0-3 %. Together about two thirds of the steps' 15 %.
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it
