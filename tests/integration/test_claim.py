@@ -1,4 +1,4 @@
-"""The claim: one winner per job, and a tenant never runs more than its cap of jobs."""
+"""The claim and the lease: one winner per job, a tenant's cap of jobs, a lost lease's stop."""
 
 import logging
 import time
