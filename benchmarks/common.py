@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from worker.training.heap import steady_heap
-from worker.training.precision import CPU_BF16_MIN_SIZE, resolve_amp
+from worker.training.precision import CPU_BF16_MIN_SIZE, cpu_bf16_units, resolve_amp
 
 T = TypeVar("T")
 
@@ -143,13 +143,6 @@ def _cpu_autocast() -> str:
     return f"{dtype} from {CPU_BF16_MIN_SIZE} px" if dtype else "off (fp32)"
 
 
-def _bf16_units() -> str:
-    """What runs bf16 matrix math natively here: AMX tiles, AVX512-BF16, or nothing."""
-    if torch.cpu._is_amx_tile_supported():
-        return "AMX"
-    return "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "none"
-
-
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -165,7 +158,7 @@ def machine() -> dict[str, Any]:
         # Same model name, different hosts: the instruction set decides the training rows
         # (bf16 autocast only where the CPU runs bf16 natively).
         "isa": torch.backends.cpu.get_cpu_capability(),
-        "bf16 units": _bf16_units(),
+        "bf16 units": cpu_bf16_units() or "none",
         "cpu autocast": _cpu_autocast(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(),

@@ -30,7 +30,14 @@ def resolve_amp(
     if device.type == "cpu":
         if image_size is not None and image_size < CPU_BF16_MIN_SIZE:
             return None
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if native or amx else None
+        return torch.bfloat16 if cpu_bf16_units() else None
+    return None
+
+
+def cpu_bf16_units() -> str | None:
+    """What runs bf16 matrix math natively on this CPU: "AMX", "AVX512-BF16", or None."""
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX512-BF16"
     return None
