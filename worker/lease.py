@@ -91,8 +91,12 @@ class Lease:
                         "job %s attempt %d: lease renewed %.1f s after the last one (lease %g s;"
                         " the renewal itself took %.1f s): this process is short of CPU or the"
                         " database is slow",
-                        self.job_id, self.attempt, gap, self.lease_s, done - began,
-                    )  # fmt: skip
+                        self.job_id,
+                        self.attempt,
+                        gap,
+                        self.lease_s,
+                        done - began,
+                    )
                 last = done
                 if not renewed:
                     log.warning("job %s attempt %d: lease lost", self.job_id, self.attempt)

@@ -3,7 +3,6 @@
 import logging
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from app.core.db import get_sessionmaker
 from app.core.ids import new_id
 from app.core.models import LOCAL_TENANT, Dataset, Job, JobEvent, JobStatus, Worker
 from app.jobs.service import queue_info
+from tests.support.processes import wait_for
 from worker.lease import AttemptInterrupted, Lease
 from worker.runner import claim
 
@@ -95,13 +95,6 @@ class _SlowFirstRenewal(Lease):
         return super().renew()
 
 
-def _wait(predicate: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_a_late_renewal_is_logged_and_a_lost_lease_stops_the_attempt(
     pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -114,13 +107,13 @@ def test_a_late_renewal_is_logged_and_a_lost_lease_stops_the_attempt(
     lease = _SlowFirstRenewal(sessions, job.id, 1, lease_s=0.6).start()
     try:
         with caplog.at_level(logging.WARNING, logger="worker.lease"):
-            _wait(lambda: "lease renewed" in caplog.text, "the late-renewal warning")
+            wait_for(lambda: "lease renewed" in caplog.text, 10, "the late-renewal warning")
             late = re.search(rf"{job.id} attempt 1: lease renewed ([\d.]+) s after", caplog.text)
             assert late and float(late[1]) >= 0.6, caplog.text  # a 0.2 s wait + the 0.4 s renewal
             with sessions() as session:  # the reaper gave the job to attempt 2
                 session.execute(update(Job).where(Job.id == job.id).values(attempts=2))
                 session.commit()
-            _wait(lease.lost.is_set, "the lease to be lost")
+            wait_for(lease.lost.is_set, 10, "the lease to be lost")
         with pytest.raises(AttemptInterrupted, match="lease_lost"):
             lease.check()
     finally:

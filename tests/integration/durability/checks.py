@@ -1,10 +1,10 @@
 """What every fault-injection test asserts about the job it disturbed."""
 
-import time
 from typing import Any
 
 from tests.integration.durability.conftest import Cluster
 from tests.support.client import wait_job
+from tests.support.processes import wait_for
 
 SPEC = {
     "weights": None,
@@ -21,15 +21,6 @@ def submit(cluster: Cluster, **overrides: Any) -> str:
     response = cluster.client.post("/v1/jobs", json=body)
     assert response.status_code == 202, response.text
     return response.json()["id"]
-
-
-def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def wait_epochs(cluster: Cluster, job_id: str, done: int) -> None:
