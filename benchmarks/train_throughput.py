@@ -23,6 +23,7 @@ from benchmarks.common import (
     step_seconds,
     worker_process,
 )
+from worker.training.convs import single_positions_as_matmul
 from worker.training.data import ImageSet, TrainData, cached_images
 from worker.training.loop import fit
 from worker.training.precision import resolve_amp
@@ -78,13 +79,16 @@ def _train_images_per_second(
     classes: int,
     batch: int,
     amp: torch.dtype | None,
-    layout: torch.memory_format,
+    service: bool,
 ) -> float:
     """Images/s of full training steps on one resident batch (no data path at all)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = models.get_model(backbone, weights=None, num_classes=classes)
+    layout = torch.channels_last if service else torch.contiguous_format
     model = model.to(device, memory_format=layout)
+    if service:
+        single_positions_as_matmul(model, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, classes, (batch,), device=device)
@@ -105,17 +109,15 @@ def model_only_ratio(backbone: str, size: int, classes: int, batch: int) -> floa
     """The model alone: training steps on resident tensors, service settings ÷ reference's.
 
     The service's precision (bf16 where native and the images are large enough, as
-    `resolve_amp` decides for the service) and channels_last against fp32 in the
-    default memory format, with no data path at all: what those two settings give by
-    themselves on this hardware. A throughput ratio above it comes from the data path
-    (the textbook loop decodes with PIL every step).
+    `resolve_amp` decides for the service), channels_last and its CPU kernel choice
+    (worker/training/convs.py) against fp32 in the default memory format, with no data
+    path at all: what those settings give by themselves on this hardware. A throughput
+    ratio above it comes from the data path (the textbook loop decodes with PIL every step).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = resolve_amp("auto", device, size)
-    service = _train_images_per_second(backbone, size, classes, batch, amp, torch.channels_last)
-    reference = _train_images_per_second(
-        backbone, size, classes, batch, None, torch.contiguous_format
-    )
+    service = _train_images_per_second(backbone, size, classes, batch, amp, service=True)
+    reference = _train_images_per_second(backbone, size, classes, batch, None, service=False)
     return service / reference
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from worker.training.backbones import Freezing, build_model
 from worker.training.batches import Batches
+from worker.training.convs import single_positions_as_matmul
 from worker.training.evaluation import confusion_update, macro_f1
 from worker.training.precision import resolve_amp
 from worker.training.spec import TrainSpec
@@ -219,6 +220,7 @@ def build_trainer(spec: TrainSpec, steps_per_epoch: int, micro_batch: int | None
         torch.backends.cudnn.benchmark = True
     model, freezing = build_model(spec)
     model = model.to(device, memory_format=torch.channels_last)
+    single_positions_as_matmul(model, device)
     amp = resolve_amp(spec.mixed_precision, device, spec.image_size)
     optimizer = build_optimizer(model, spec)
     augment_gen = None
