@@ -125,13 +125,18 @@ NOTES = """
   host bf16 steps were slower (0.69× at 32 px; on the second, bf16 convolutions' backward
   took 86 ms a step against fp32's 71 ms, torch.profiler); on the AVX512-BF16 EPYC they were
   faster alone (1.3-1.7× at 32 px), but whole 32 px epochs gained 0.96-1.48× in five runs
-  and one of four 16 px runs diverged (worker/training/precision.py). So at 32 px
-  `model-only ratio` is what channels_last alone gives: 1.06× on an AVX2 host in four
-  alternated rounds (single rounds 0.95-1.17), 0.91-1.05× in four on the AVX512 EPYC, 0.95×
-  in five on the second AMX Xeon. The 32 px row then shows mostly what the data path gains,
-  and less of it on a faster CPU: the same textbook loop ran 150 img/s on the AVX2 host and
-  454-611 img/s on the AVX512 hosts, where PIL decoding in its DataLoader workers holds it
-  back less.
+  and one of four 16 px runs diverged (worker/training/precision.py).
+- What the service changes at 32 px is a kernel. ResNet18's last stage runs on 1×1 maps
+  there, and oneDNN's convolution backward for them took ~125 ms per layer against ~3 ms
+  forward on an AVX2 EPYC, half of every step (torch.profiler). A convolution with one
+  output position is a matrix product, so on CPUs the service runs those layers as GEMMs on
+  the same parameters (worker/training/convs.py): `model-only ratio` at 32 px is that plus
+  channels_last, 1.97× on the AVX2 EPYC of run 16 (2026-12-01 21:42), where the row went to
+  3.02×. Before it, channels_last alone gave 1.06× on an AVX2 host, 0.91-1.05× on the
+  AVX512 EPYC and 0.95× on the second AMX Xeon, and the 32 px row (1.07-1.28×) showed mostly
+  what the data path gains. Not yet measured on the AVX512 and AMX hosts; on the second AMX
+  Xeon the convolutions' whole backward took 71 ms a step, so the slow path is smaller or
+  absent there.
 - The service's side of the training rows and the core runs of the overhead row run in a
   separate long-lived process with the worker's training heap (glibc keeps the memory a
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
