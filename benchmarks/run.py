@@ -131,12 +131,12 @@ NOTES = """
   forward on an AVX2 EPYC, half of every step (torch.profiler). A convolution with one
   output position is a matrix product, so on CPUs the service runs those layers as GEMMs on
   the same parameters (worker/training/convs.py): `model-only ratio` at 32 px is that plus
-  channels_last, 1.97× on the AVX2 EPYC of run 16 (2026-12-01 21:42), where the row went to
-  3.02×. Before it, channels_last alone gave 1.06× on an AVX2 host, 0.91-1.05× on the
-  AVX512 EPYC and 0.95× on the second AMX Xeon, and the 32 px row (1.07-1.28×) showed mostly
-  what the data path gains. Not yet measured on the AVX512 and AMX hosts; on the second AMX
-  Xeon the convolutions' whole backward took 71 ms a step, so the slow path is smaller or
-  absent there.
+  channels_last, 2.78× on the AVX2 EPYC of run 16 (2026-12-01 22:36; the row 2.84×) and
+  1.97× in a training-only run an hour earlier (the row 3.02×). Before it, channels_last
+  alone gave 1.06× on an AVX2 host, 0.91-1.05× on the AVX512 EPYC and 0.95× on the second
+  AMX Xeon, and the 32 px row (1.07-1.28×) showed mostly what the data path gains. Not yet
+  measured on the AVX512 and AMX hosts; on the second AMX Xeon the convolutions' whole
+  backward took 71 ms a step, so the slow path is smaller or absent there.
 - The service's side of the training rows and the core runs of the overhead row run in a
   separate long-lived process with the worker's training heap (glibc keeps the memory a
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),
@@ -170,10 +170,11 @@ NOTES = """
   (the API answering the client's polls, Celery parents, broker polling, the pool child
   with its checkpoint writer and lease threads) over the core process's own. Drift
   stretches it far less than wall time, so it is the steadier figure of what the service
-  adds; a wall ratio above it is time the job waited or was crowded out, not work. The ratio
-  also grows as the CPU gets faster: the same 4-epoch job took the core 10.5 s on the EPYC
-  (ratio 1.13) and 7.2 s on the second AMX Xeon (1.21), while the service's own seconds
-  stayed at ~0.6 s and the pool child's steps ran 1.08× and 1.15× the bare core's. Per
+  adds; a wall ratio above it is time the job waited or was crowded out, not work. The same
+  4-epoch job took the core 15.8 s on the AVX2 EPYC of run 16 (ratio 1.13), 10.5 s on the
+  AVX512 EPYC (1.13) and 7.2 s on the second AMX Xeon (1.21); the service's own seconds were
+  0.84, ~0.6 and ~0.6 s and the pool child's steps ran 1.10×, 1.08× and 1.15× the bare
+  core's. Per
   thread (/proc, sampled every 50 ms through an 8.5 s job on the AMX Xeon): the two
   training threads 7.9 and 7.5 s, the checkpoint writer 0.53 s (four epochs' weights and
   optimiser state: write, fsync, sha256), the API answering the client's polls 0.17 s, the
@@ -197,13 +198,13 @@ NOTES = """
   batching gained 1.9-3× there, not the ≥10× of a GPU; on the second AMX Xeon it gained
   6.09×. The end-to-end ratio follows it loosely, on either side: 3.79 against 6.09 on that
   AMX Xeon, 3.16 against 2.53 and 2.55 against 3.02 in two runs on the EPYC, 1.88 against
-  1.89 on the AVX2 host. The ceiling is measured on idle cores; served forwards share the
-  two cores with the load generator and 32 requests' HTTP and decoding, which moves both
-  sides of the end-to-end ratio from run to run.
+  1.89 and 2.15 against 2.36 in two runs on AVX2 hosts. The ceiling is measured on idle
+  cores; served forwards share the two cores with the load generator and 32 requests' HTTP
+  and decoding, which moves both sides of the end-to-end ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
-  the second AMX Xeon, 1.11× and 0.95× in two runs on the AVX512 EPYC and 0.73× on the
-  AVX2 host, after a first epoch that spends 20-90 s compiling (less when inductor's cache
-  in /tmp is warm).
+  the second AMX Xeon, 1.11× and 0.95× in two runs on the AVX512 EPYC and 0.73× and 1.00×
+  on AVX2 hosts, after a first epoch that spends 20-95 s compiling (less when inductor's
+  cache in /tmp is warm).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
@@ -228,9 +229,9 @@ def results_markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "## Targets",
         "",
         "`model alone`: the same comparison for the model alone on this hardware, with no data",
-        "path, HTTP or queueing, measured in the same run. For training it is what bf16 and",
-        "channels_last give by themselves (the rest of a ratio comes from the data path); for",
-        "predict it is what batching saves in the model itself.",
+        "path, HTTP or queueing, measured in the same run. For training it is what the",
+        "service's precision, channels_last and CPU kernels give by themselves (the rest of a",
+        "ratio comes from the data path); for predict it is what batching saves in the model.",
         "",
         "| target | measured | model alone | met |",
         "|---|---|---|---|",
