@@ -9,6 +9,8 @@ from torch import nn
 from torchvision import models
 
 from worker.training.convs import SinglePositionConv2d, single_positions_as_matmul
+from worker.training.spec import TrainSpec
+from worker.training.trainer import build_trainer
 
 CPU = torch.device("cpu")
 
@@ -76,6 +78,12 @@ def test_resnet18_at_32px_trains_alike_and_keeps_its_state_dict() -> None:
     torch.testing.assert_close(ours(x), reference(x))
     for name, param in reference.named_parameters():
         torch.testing.assert_close(ours.get_parameter(name).grad, param.grad, msg=name)
+
+
+def test_the_cpu_trainer_trains_through_them() -> None:
+    spec = TrainSpec(backbone="resnet18", classes=("a", "b"), image_size=32, device="cpu")
+    model = build_trainer(spec, steps_per_epoch=1).model
+    assert all(type(m) is SinglePositionConv2d for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
 @pytest.mark.parametrize("device", ["cuda", "meta"])
