@@ -23,11 +23,11 @@ from benchmarks.common import (
     step_seconds,
     worker_process,
 )
-from worker.training.convs import single_positions_as_matmul
 from worker.training.data import ImageSet, TrainData, cached_images
 from worker.training.loop import fit
 from worker.training.precision import resolve_amp
 from worker.training.spec import TrainSpec
+from worker.training.trainer import place_model
 
 BATCH = 100  # both loops, and the model-alone steps beside them
 
@@ -85,10 +85,8 @@ def _train_images_per_second(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = models.get_model(backbone, weights=None, num_classes=classes)
+    model = place_model(model, device) if service else model.to(device)
     layout = torch.channels_last if service else torch.contiguous_format
-    model = model.to(device, memory_format=layout)
-    if service:
-        single_positions_as_matmul(model, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, classes, (batch,), device=device)

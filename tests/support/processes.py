@@ -7,14 +7,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import httpx
 
 from app.cli import terminate_with_parent
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +72,7 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     proc.wait()
 
 
-def wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], T], timeout: float = 60, what: str = "condition") -> T:
     """Poll `predicate` until it returns something truthy, and return that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

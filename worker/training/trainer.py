@@ -212,6 +212,13 @@ class Trainer:
         }
 
 
+def place_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on `device` as the service trains it: channels_last, CPU kernel choice."""
+    model = model.to(device, memory_format=torch.channels_last)
+    single_positions_as_matmul(model, device)
+    return model
+
+
 def build_trainer(spec: TrainSpec, steps_per_epoch: int, micro_batch: int | None = None) -> Trainer:
     """Model, optimiser, schedule and precision for `spec`, on its device."""
     torch.manual_seed(spec.seed)
@@ -219,8 +226,7 @@ def build_trainer(spec: TrainSpec, steps_per_epoch: int, micro_batch: int | None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model, freezing = build_model(spec)
-    model = model.to(device, memory_format=torch.channels_last)
-    single_positions_as_matmul(model, device)
+    model = place_model(model, device)
     amp = resolve_amp(spec.mixed_precision, device, spec.image_size)
     optimizer = build_optimizer(model, spec)
     augment_gen = None
