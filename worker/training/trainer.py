@@ -11,7 +11,7 @@ from torch import nn
 
 from worker.training.backbones import Freezing, build_model
 from worker.training.batches import Batches
-from worker.training.convs import single_positions_as_matmul
+from worker.training.convs import cpu_convolutions
 from worker.training.evaluation import confusion_update, macro_f1
 from worker.training.precision import resolve_amp
 from worker.training.spec import TrainSpec
@@ -215,7 +215,7 @@ class Trainer:
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     """The model on `device` as the service trains it: channels_last, CPU kernel choice."""
     model = model.to(device, memory_format=torch.channels_last)
-    single_positions_as_matmul(model, device)
+    cpu_convolutions(model, device)
     return model
 
 

@@ -1,4 +1,4 @@
-"""Single-position convolutions as GEMMs: the same maths as nn.Conv2d, taken where it applies."""
+"""The CPU convolutions: the same maths as nn.Conv2d, a faster kernel taken where it applies."""
 
 import copy
 import itertools
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from worker.training.convs import SinglePositionConv2d, single_positions_as_matmul
+from worker.training.convs import CpuConv2d, cpu_convolutions
 from worker.training.spec import TrainSpec
 from worker.training.trainer import build_trainer
 
@@ -43,7 +43,7 @@ def test_every_shape_gives_conv2ds_output_and_gradients() -> None:
         hw, gemm = case.pop("hw"), case.pop("gemm", False)
         reference = nn.Conv2d(4, 6, **case).double()
         ours = copy.deepcopy(reference)
-        ours.__class__ = SinglePositionConv2d
+        ours.__class__ = CpuConv2d
         x = torch.randn(3, 4, *hw, dtype=torch.double, requires_grad=True)
         x_ours = x.detach().clone().requires_grad_()
         expected, got = reference(x), ours(x_ours)
@@ -66,8 +66,8 @@ def test_resnet18_at_32px_trains_alike_and_keeps_its_state_dict() -> None:
     torch.manual_seed(0)
     reference = models.resnet18(num_classes=10).double()
     ours = copy.deepcopy(reference)
-    single_positions_as_matmul(ours, CPU)
-    swapped = [m for m in ours.modules() if isinstance(m, SinglePositionConv2d)]
+    cpu_convolutions(ours, CPU)
+    swapped = [m for m in ours.modules() if isinstance(m, CpuConv2d)]
     assert len(swapped) == sum(isinstance(m, nn.Conv2d) for m in reference.modules()) == 20
     assert list(ours.state_dict()) == list(reference.state_dict())
 
@@ -80,17 +80,53 @@ def test_resnet18_at_32px_trains_alike_and_keeps_its_state_dict() -> None:
         torch.testing.assert_close(ours.get_parameter(name).grad, param.grad, msg=name)
 
 
-def test_the_cpu_trainer_trains_through_them() -> None:
-    spec = TrainSpec(backbone="resnet18", classes=("a", "b"), image_size=32, device="cpu")
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small"])
+def test_the_cpu_trainer_trains_through_them(backbone: str) -> None:
+    spec = TrainSpec(backbone=backbone, classes=("a", "b"), image_size=32, device="cpu")
     model = build_trainer(spec, steps_per_epoch=1).model
-    assert all(type(m) is SinglePositionConv2d for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert all(type(m) is CpuConv2d for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _depthwise(groups: int = 8) -> tuple[nn.Conv2d, nn.Conv2d]:
+    torch.manual_seed(0)
+    reference = nn.Conv2d(8, 16, 3, padding=1, groups=groups)
+    ours = copy.deepcopy(reference)
+    cpu_convolutions(ours, CPU)
+    return reference, ours
+
+
+def test_depthwise_trains_in_fp32_under_bf16_autocast() -> None:
+    reference, ours = _depthwise()
+    x = torch.randn(2, 8, 5, 5).bfloat16()  # what the layer before hands on under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert reference(x).dtype == torch.bfloat16
+        got = ours(x)
+    assert got.dtype == torch.float32
+    expected = reference(x.float())  # fp32 input (bf16 values), fp32 kernel
+    torch.testing.assert_close(got, expected)
+    grad = torch.randn_like(expected)
+    got.backward(grad)
+    expected.backward(grad)
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(ours.get_parameter(name).grad, param.grad, msg=name)
+
+
+def test_depthwise_is_left_to_autocast_without_gradients_or_for_other_groups() -> None:
+    ours = _depthwise()[1]
+    x = torch.randn(2, 8, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            assert ours(x).dtype == torch.bfloat16  # inference: bf16 measured faster
+        assert _depthwise(groups=2)[1](x).dtype == torch.bfloat16  # grouped, not depthwise
+        assert ours.double()(x.double()).dtype == torch.float64  # never lowered
+    assert ours.float()(x).dtype == torch.float32
 
 
 @pytest.mark.parametrize("device", ["cuda", "meta"])
 def test_other_devices_keep_their_convolutions(device: str) -> None:
     model = models.resnet18(num_classes=10)
-    single_positions_as_matmul(model, torch.device(device))
-    assert not any(isinstance(m, SinglePositionConv2d) for m in model.modules())
+    cpu_convolutions(model, torch.device(device))
+    assert not any(isinstance(m, CpuConv2d) for m in model.modules())
 
 
 def test_subclasses_of_conv2d_are_left_alone() -> None:
@@ -98,5 +134,5 @@ def test_subclasses_of_conv2d_are_left_alone() -> None:
         pass
 
     model = nn.Sequential(Custom(3, 4, 3), nn.Conv2d(4, 4, 3))
-    single_positions_as_matmul(model, CPU)
-    assert type(model[0]) is Custom and type(model[1]) is SinglePositionConv2d
+    cpu_convolutions(model, CPU)
+    assert type(model[0]) is Custom and type(model[1]) is CpuConv2d
