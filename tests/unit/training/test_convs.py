@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -136,3 +137,19 @@ def test_subclasses_of_conv2d_are_left_alone() -> None:
     model = nn.Sequential(Custom(3, 4, 3), nn.Conv2d(4, 4, 3))
     cpu_convolutions(model, CPU)
     assert type(model[0]) is Custom and type(model[1]) is CpuConv2d
+
+
+def test_a_bf16_training_step_runs_only_the_depthwise_layers_in_fp32() -> None:
+    spec = TrainSpec(backbone="mobilenet_v3_small", classes=("a", "b"), image_size=32, device="cpu")
+    trainer = build_trainer(spec, steps_per_epoch=1)
+    trainer.amp = torch.bfloat16  # what `auto` picks on CPUs with native bf16 units
+    dtypes: dict[bool, set[torch.dtype]] = {True: set(), False: set()}
+    for module in trainer.model.modules():
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups == module.in_channels > 1
+            module.register_forward_hook(lambda m, i, out, d=depthwise: dtypes[d].add(out.dtype))
+    x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)
+    loss = trainer._step(x, torch.tensor([0, 1, 0, 1]), SimpleNamespace(on_batch=lambda n: None))
+    assert dtypes == {True: {torch.float32}, False: {torch.bfloat16}}
+    assert loss.isfinite()
+    assert all(p.grad.isfinite().all() for p in trainer.model.parameters() if p.grad is not None)
