@@ -85,6 +85,25 @@ def best_seconds(run: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def fastest_alternated(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Each run's fastest seconds over `rounds` rounds that alternate their order.
+
+    For variants compared with one another: one untimed call each first (kernel selection),
+    then rounds in which every variant runs once, forwards and backwards in turn, so that a
+    drift of the machine's speed during the comparison favours none of them.
+    """
+    for run in runs.values():
+        run()
+    best = dict.fromkeys(runs, math.inf)
+    for index in range(rounds):
+        order = list(runs) if index % 2 == 0 else list(reversed(runs))
+        for name in order:
+            start = time.perf_counter()
+            runs[name]()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def epoch_images(images: int, batch: int) -> int:
     """Images one epoch trains on: the trainer drops the last, partial batch."""
     return min(images, max(1, images // batch) * batch)

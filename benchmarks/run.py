@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import core_bench, service_bench, train_throughput
+from benchmarks import core_bench, kernel_bench, service_bench, train_throughput
 from benchmarks.common import machine, table, write_json
 
 BENCHES = ("train", "core", "service")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             if name == "train":
                 rows += train_throughput.run(work, args.tiny)
             elif name == "core":
-                rows += core_bench.run(work, args.tiny)
+                rows += core_bench.run(work, args.tiny) + kernel_bench.run(args.tiny)
             else:
                 with bench_database() as database_url:
                     rows += service_bench.run(work, args.tiny, database_url, database_url and REDIS)
@@ -140,6 +140,12 @@ NOTES = """
   path is smaller on an AMX Xeon (run 17, 2026-12-02 01:32): there the GEMMs made fp32 steps
   1.24× faster (ResNet50 1.47×, in alternated rounds beside the benchmark), `model-only
   ratio` was 1.13× and the row 1.38×. Not yet measured on the AVX512 EPYC.
+- `CPU convolutions` rows time training steps on one resident batch with the trainer's CPU
+  convolutions (worker/training/convs.py) against plain nn.Conv2d, both channels_last, in
+  alternated rounds: the single-position GEMMs in fp32, and depthwise layers in fp32 inside
+  bf16 autocast. The bf16 rows' `reference ÷ fp32` and `service ÷ fp32` are bf16 steps over
+  the service's fp32 steps, before and after: below 1, `mixed_precision: auto` would slow
+  that backbone down. They run only where the CPU has native bf16 units.
 - The service's side of the training rows and the core runs of the overhead row run in a
   separate long-lived process with the worker's training heap (glibc keeps the memory a
   step frees instead of unmapping it and faulting it back in; worker/training/heap.py),

@@ -6,6 +6,7 @@ decoding its uint8 cache; the reference decodes with PIL every step.
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,20 +74,29 @@ def service_core(
     }
 
 
-def _train_images_per_second(
+def training_step(
     backbone: str,
     size: int,
     classes: int,
     batch: int,
     amp: torch.dtype | None,
+    *,
     service: bool,
-) -> float:
-    """Images/s of full training steps on one resident batch (no data path at all)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    layout: torch.memory_format = torch.contiguous_format,
+    device: torch.device | None = None,
+) -> Callable[[], None]:
+    """One full training step on a resident batch (no data path at all), ready to time.
+
+    `service`: the model placed as the trainer places it (channels_last, CPU kernels);
+    otherwise plain torchvision modules in `layout`.
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = models.get_model(backbone, weights=None, num_classes=classes)
-    model = place_model(model, device) if service else model.to(device)
-    layout = torch.channels_last if service else torch.contiguous_format
+    if service:
+        model, layout = place_model(model, device), torch.channels_last
+    else:
+        model = model.to(device, memory_format=layout)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, classes, (batch,), device=device)
@@ -100,7 +110,7 @@ def _train_images_per_second(
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return batch / best_seconds(step, 3)
+    return step
 
 
 def model_only_ratio(backbone: str, size: int, classes: int, batch: int) -> float:
@@ -114,9 +124,9 @@ def model_only_ratio(backbone: str, size: int, classes: int, batch: int) -> floa
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = resolve_amp("auto", device, size)
-    service = _train_images_per_second(backbone, size, classes, batch, amp, service=True)
-    reference = _train_images_per_second(backbone, size, classes, batch, None, service=False)
-    return service / reference
+    service = best_seconds(training_step(backbone, size, classes, batch, amp, service=True), 3)
+    reference = best_seconds(training_step(backbone, size, classes, batch, None, service=False), 3)
+    return reference / service
 
 
 def configs(tiny: bool) -> list[dict[str, Any]]:

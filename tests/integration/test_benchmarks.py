@@ -39,6 +39,7 @@ def test_benchmarks_run_on_the_tiny_setting(tmp_path: Path) -> None:
         "dispatch latency",
         "GET /v1/jobs/{id} while training",
         "predict, 32 concurrent clients",
+        "CPU convolutions",
     } <= names
     assert all(row.get("ratio", 1) > 0 for row in results["rows"])
     training = [r for r in results["rows"] if r["benchmark"] == "training throughput"]
@@ -46,6 +47,9 @@ def test_benchmarks_run_on_the_tiny_setting(tmp_path: Path) -> None:
     ceilings = {"training throughput": "model-only ratio", "predict": "forward ceiling ratio"}
     for prefix, ceiling in ceilings.items():
         assert all(r[ceiling] > 0 for r in results["rows"] if r["benchmark"].startswith(prefix))
+    kernels = [r for r in results["rows"] if r["benchmark"] == "CPU convolutions"]
+    assert {"GEMMs" in r["setting"] for r in kernels} == {True, False}  # both kernel choices
+    assert all(r["service ÷ fp32"] > 0 for r in kernels if "bf16" in r["setting"])
     overhead = next(r for r in results["rows"] if r["benchmark"] == "service overhead")
     assert overhead["steps ratio"] > 0 and overhead["CPU ratio"] > 0
     assert "service's own s" in overhead
