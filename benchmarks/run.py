@@ -127,7 +127,10 @@ NOTES = """
   faster alone (1.3-1.7× at 32 px), but whole 32 px epochs gained 0.96-1.48× in five runs
   and one of four 16 px runs diverged (worker/training/precision.py). Inside bf16 training,
   depthwise convolutions run in fp32: oneDNN's bf16 ones made MobileNetV3 and EfficientNet
-  steps slower than fp32 steps on the AMX Xeon of run 17 (worker/training/convs.py).
+  steps slower than fp32 steps on the AMX Xeon of runs 17 and 18 (worker/training/convs.py):
+  in run 18's `CPU convolutions` rows bf16 steps ran 0.45× (MobileNetV3-Small, 64 px) and
+  0.76× (EfficientNet-B0, 128 px) the fp32 steps with oneDNN's bf16 depthwise layers, 0.96×
+  and 1.22× with fp32 ones.
 - What the service changes at 32 px is a kernel. ResNet18's last stage runs on 1×1 maps
   there, and oneDNN's convolution backward for them took ~125 ms per layer against ~3 ms
   forward on an AVX2 EPYC, half of every step (torch.profiler). A convolution with one
@@ -137,9 +140,10 @@ NOTES = """
   1.97× in a training-only run an hour earlier (the row 3.02×). Before it, channels_last
   alone gave 1.06× on an AVX2 host, 0.91-1.05× on the AVX512 EPYC and 0.95× on the second
   AMX Xeon, and the 32 px row (1.07-1.28×) showed mostly what the data path gains. The slow
-  path is smaller on an AMX Xeon (run 17, 2026-12-02 01:32): there the GEMMs made fp32 steps
-  1.24× faster (ResNet50 1.47×, in alternated rounds beside the benchmark), `model-only
-  ratio` was 1.13× and the row 1.38×. Not yet measured on the AVX512 EPYC.
+  path is smaller on an AMX Xeon (runs 17 and 18, 2026-12-02): there the GEMMs made fp32
+  steps 1.19× faster for ResNet18 and 1.58× for ResNet50 (run 18's `CPU convolutions` rows),
+  `model-only ratio` was 1.13× and 1.17× and the row 1.38× and 1.35×. Not yet measured on
+  the AVX512 EPYC.
 - `CPU convolutions` rows time training steps on one resident batch with the trainer's CPU
   convolutions (worker/training/convs.py) against plain nn.Conv2d, both channels_last, in
   alternated rounds: the single-position GEMMs in fp32, and depthwise layers in fp32 inside
@@ -155,48 +159,48 @@ NOTES = """
   loops stay at chance accuracy there: the training loss falls, but BatchNorm's running
   statistics have not caught up for evaluation (fine-tuning from weights trained on these
   digits at 32 or 64 px reached only 0.35 in the same steps). `reference loss` and `service
-  loss`, the last epoch's mean training loss, show whether both learned alike; the 32 px
-  row is the accuracy comparison, equal within noise: one seed's 364 test images move by
-  several points from seed to seed, so a run's pair can land either way (0.896 against the
-  textbook loop's 0.918 in run 17, 0.929 against 0.898 in run 16). Over five more seeds on
-  the AMX Xeon of run 17 the means were 0.899 (service) and 0.894 (textbook loop), per-seed
-  differences -3.3 to +4.6 points.
+  loss`, the last epoch's mean training loss, show whether both learned alike; the 32 px row
+  is the accuracy comparison, equal within noise: one seed's 364 test images move by several
+  points from seed to seed, so a run's pair can land either way (0.896 against the textbook
+  loop's 0.918 in runs 17 and 18, same seed and host, 0.929 against 0.898 in run 16). Over
+  five more seeds on the AMX Xeon of run 17 the means were 0.899 (service) and 0.894
+  (textbook loop), per-seed differences -3.3 to +4.6 points.
 - At 224 px the model itself is the bottleneck on these CPUs: convolutions are ~80 % of a
   step (torch.profiler), and `model-only ratio` (the service's precision and layout against
   fp32 steps, on resident tensors) is what they alone give. The service's row lands above it
   because the textbook loop also pays for PIL decoding in DataLoader workers that compete
   for the same two cores (the row over the model alone: 1.30× on the second AMX Xeon,
   1.13-1.17× on the EPYC). So whether 3.5× is reached depends on the host's matrix units:
-  met on the second AMX Xeon (4.47×) and on the AMX Xeon of run 17 (4.31×), missed on the
-  first (3.09×), on the AVX512-BF16 EPYC (2.89-3.02×) and on AVX2, which has no native bf16
-  (1.24×).
+  met on the second AMX Xeon (4.47×) and on the AMX Xeon of runs 17 and 18 (4.31× and
+  4.04×), missed on the first (3.09×), on the AVX512-BF16 EPYC (2.89-3.02×) and on AVX2,
+  which has no native bf16 (1.24×).
 - Service overhead compares each job with a core run right beside it, in six pairs whose
   order alternates (job first, then core first), and takes the median of the pairs' ratios:
-  the machine's speed moves by tens of percent within minutes (one 10-epoch job's epochs
-  ran between 101 and 221 img/s), so medians of separate runs, as earlier versions took,
-  swung between 0.91 and 1.40. `pair ratios` shows the spread. A job's wall time runs from
-  sending its POST to the `finished_at` the service recorded, not to whenever the client's
-  polling noticed. Each pair is also split by the epochs' own images/s: `steps ratio` is
-  the job's time inside training steps over the core's (the pool child's steps against the
-  bare core's), `service's own s` the job's time outside its steps minus the core's
-  (dispatch, checkpoints, events, the final commit), the part drift barely moves.
-  `CPU ratio` is the work done: CPU seconds of every process of the service during the job
-  (the API answering the client's polls, Celery parents, broker polling, the pool child
-  with its checkpoint writer and lease threads) over the core process's own. Drift
-  stretches it far less than wall time, so it is the steadier figure of what the service
-  adds; a wall ratio above it is time the job waited or was crowded out, not work. The same
-  4-epoch job took the core 15.8 s on the AVX2 EPYC of run 16 (ratio 1.13), 10.5 s on the
-  AVX512 EPYC (1.13), 7.2 s on the second AMX Xeon (1.21) and 8.7 s on the AMX Xeon of run
-  17 (1.22); the service's own seconds were 0.84, ~0.6, ~0.6 and 0.66 s and the pool
-  child's steps ran 1.10×, 1.08×, 1.15× and 1.17× the bare core's. Per
-  thread (/proc, sampled every 50 ms through an 8.5 s job on the AMX Xeon): the two
-  training threads 7.9 and 7.5 s, the checkpoint writer 0.53 s (four epochs' weights and
-  optimiser state: write, fsync, sha256), the API answering the client's polls 0.17 s, the
-  Celery parents 0.05 s; the others woke ~700 times in all. Beside the bare core, in
-  alternated rounds: the same checkpoint writer slowed it by 4.7 % (no better with the
-  writer thread at nice 19), a process that woke 90 times a second and used 1.8 % of the two
-  cores by 2.9 %, and a fork from a parent that had imported the worker instead of a spawn
-  by 0-3 %. Together about two thirds of the steps' 15 %.
+  the machine's speed moves by tens of percent within minutes (one 10-epoch job's epochs ran
+  between 101 and 221 img/s), so medians of separate runs, as earlier versions took, swung
+  between 0.91 and 1.40. `pair ratios` shows the spread. A job's wall time runs from sending
+  its POST to the `finished_at` the service recorded, not to whenever the client's polling
+  noticed. Each pair is also split by the epochs' own images/s: `steps ratio` is the job's
+  time inside training steps over the core's (the pool child's steps against the bare
+  core's), `service's own s` the job's time outside its steps minus the core's (dispatch,
+  checkpoints, events, the final commit), the part drift barely moves. `CPU ratio` is the
+  work done: CPU seconds of every process of the service during the job (the API answering
+  the client's polls, Celery parents, broker polling, the pool child with its checkpoint
+  writer and lease threads) over the core process's own. Drift stretches it far less than
+  wall time, so it is the steadier figure of what the service adds; a wall ratio above it is
+  time the job waited or was crowded out, not work. The same 4-epoch job took the core 15.8
+  s on the AVX2 EPYC of run 16 (ratio 1.13), 10.5 s on the AVX512 EPYC (1.13), 7.2 s on the
+  second AMX Xeon (1.21) and 8.4-8.7 s on the AMX Xeon of runs 17 and 18 (1.22, 1.23); the
+  service's own seconds were 0.84, ~0.6, ~0.6 and 0.66-0.69 s and the pool child's steps ran
+  1.10×, 1.08×, 1.15× and 1.17-1.18× the bare core's. Per thread (/proc, sampled every 50 ms
+  through an 8.5 s job on the AMX Xeon): the two training threads 7.9 and 7.5 s, the
+  checkpoint writer 0.53 s (four epochs' weights and optimiser state: write, fsync, sha256),
+  the API answering the client's polls 0.17 s, the Celery parents 0.05 s; the others woke
+  ~700 times in all. Beside the bare core, in alternated rounds: the same checkpoint writer
+  slowed it by 4.7 % (no better with the writer thread at nice 19), a process that woke 90
+  times a second and used 1.8 % of the two cores by 2.9 %, and a fork from a parent that had
+  imported the worker instead of a spawn by 0-3 %. Together about two thirds of the steps'
+  15 %.
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it
@@ -211,15 +215,15 @@ NOTES = """
   the AVX2 host and the AVX512 EPYC a one-image forward already keeps both cores busy, so
   batching gained 1.9-3× there, not the ≥10× of a GPU; on the second AMX Xeon it gained
   6.09×. The end-to-end ratio follows it loosely, on either side: 3.79 against 6.09 on that
-  AMX Xeon, 3.65 against 5.31 on the AMX Xeon of run 17, 3.16 against 2.53 and 2.55 against
-  3.02 in two runs on the EPYC, 1.88 against 1.89 and 2.15 against 2.36 in two runs on AVX2
-  hosts. The ceiling is measured on idle cores; served forwards share the two cores with the
-  load generator and 32 requests' HTTP and decoding, which moves both sides of the
-  end-to-end ratio from run to run.
+  AMX Xeon, 3.65 against 5.31 and 3.78 against 6.23 on the AMX Xeon of runs 17 and 18, 3.16
+  against 2.53 and 2.55 against 3.02 in two runs on the EPYC, 1.88 against 1.89 and 2.15
+  against 2.36 in two runs on AVX2 hosts. The ceiling is measured on idle cores; served
+  forwards share the two cores with the load generator and 32 requests' HTTP and decoding,
+  which moves both sides of the end-to-end ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
-  the second AMX Xeon, 1.13× on the AMX Xeon of run 17, 1.11× and 0.95× in two runs on the
-  AVX512 EPYC and 0.73× and 1.00× on AVX2 hosts, after a first epoch that spends 20-95 s
-  compiling (less when inductor's cache in /tmp is warm).
+  the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11× and 0.95× in
+  two runs on the AVX512 EPYC and 0.73× and 1.00× on AVX2 hosts, after a first epoch that
+  spends 20-95 s compiling (less when inductor's cache in /tmp is warm).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
