@@ -13,8 +13,9 @@ slower than fp32 ones on an AMX Xeon (forward and backward, MobileNetV3 and Effi
 shapes), enough to make whole bf16 steps of MobileNetV3-Small 0.48× fp32's at 64 px and
 EfficientNet-B0's 0.74× at 128 px. Run in fp32 inside bf16 training, they turned those
 into 0.96× and 1.15×, and lifted EfficientNet-B0 at 224 px from 1.26× to 1.56× and
-ConvNeXt-T from 1.68× to 2.29× (2026-12-02). Only while gradients are recorded: with bf16
-depthwise forwards, inference of the same models measured 1.25-1.35× faster than fp32.
+ConvNeXt-T from 1.68× to 2.29× (2026-12-02). Only while gradients are recorded: inference
+keeps autocast's bf16 (whole bf16 forwards of the same models ran 1.25-1.35× fp32's; fp32
+depthwise layers there are not measured yet).
 """
 
 import torch
