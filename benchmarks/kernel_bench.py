@@ -32,7 +32,7 @@ TINY_CASES = [("resnet18", 16, 4, False), ("mobilenet_v3_small", 32, 4, True)]
 
 def _case(backbone: str, size: int, batch: int, bf16: bool, rounds: int) -> dict[str, Any]:
     cpu = torch.device("cpu")
-    amp = torch.bfloat16 if bf16 else None
+    precision = torch.bfloat16 if bf16 else None
 
     def variant(amp: torch.dtype | None, service: bool) -> Callable[[], None]:
         layout = torch.channels_last
@@ -40,7 +40,7 @@ def _case(backbone: str, size: int, batch: int, bf16: bool, rounds: int) -> dict
             backbone, size, CLASSES, batch, amp, service=service, layout=layout, device=cpu
         )
 
-    runs = {"plain": variant(amp, False), "service": variant(amp, True)}
+    runs = {"plain": variant(precision, False), "service": variant(precision, True)}
     if bf16:
         runs["fp32"] = variant(None, True)
     seconds = fastest_alternated(runs, rounds)
