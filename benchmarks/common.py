@@ -71,26 +71,13 @@ def worker_process() -> Iterator[Callable[..., Any]]:
         yield lambda run, *args: pool.submit(_with_steady_heap, run, *args).result()
 
 
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The fastest of `repeats` timed calls, after one untimed call that selects kernels.
-
-    The minimum, not the mean: on a shared machine every disturbance only adds time.
-    """
-    run()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def fastest_alternated(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Each run's fastest seconds over `rounds` rounds that alternate their order.
 
-    For variants compared with one another: one untimed call each first (kernel selection),
-    then rounds in which every variant runs once, forwards and backwards in turn, so that a
-    drift of the machine's speed during the comparison favours none of them.
+    One untimed call each first (it selects kernels), then rounds in which every variant
+    runs once, forwards and backwards in turn, so that a drift of the machine's speed during
+    a comparison favours none of them. The minimum, not the mean: on a shared machine every
+    disturbance only adds time.
     """
     for run in runs.values():
         run()
@@ -102,6 +89,11 @@ def fastest_alternated(runs: dict[str, Callable[[], object]], rounds: int) -> di
             runs[name]()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` timed calls of one run (see fastest_alternated)."""
+    return fastest_alternated({"run": run}, repeats)["run"]
 
 
 def epoch_images(images: int, batch: int) -> int:
