@@ -16,9 +16,9 @@ from torchvision import models
 
 from benchmarks import reference_loop
 from benchmarks.common import (
-    best_seconds,
     digits_imagefolder,
     epoch_images,
+    fastest_alternated,
     peak_cuda_mib,
     peak_rss_mib,
     step_seconds,
@@ -124,9 +124,14 @@ def model_only_ratio(backbone: str, size: int, classes: int, batch: int) -> floa
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = resolve_amp("auto", device, size)
-    service = best_seconds(training_step(backbone, size, classes, batch, amp, service=True), 3)
-    reference = best_seconds(training_step(backbone, size, classes, batch, None, service=False), 3)
-    return reference / service
+    seconds = fastest_alternated(
+        {
+            "service": training_step(backbone, size, classes, batch, amp, service=True),
+            "reference": training_step(backbone, size, classes, batch, None, service=False),
+        },
+        rounds=3,
+    )
+    return seconds["reference"] / seconds["service"]
 
 
 def configs(tiny: bool) -> list[dict[str, Any]]:
