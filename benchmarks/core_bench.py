@@ -46,7 +46,9 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
     pretrained = workdir / "pretrained.safetensors"
 
     class _Keep(FitCallbacks):
-        def on_epoch_end(self, epoch: int, metrics: dict[str, Any], trainer: Any) -> None:
+        def on_epoch_end(
+            self, epoch: int, metrics: dict[str, Any], trainer: Any, *, last: bool
+        ) -> None:
             save_weights(pretrained, trainer.model.state_dict(), {})
 
     fit(TrainSpec(**{**base, "epochs": 2}), data, _Keep())

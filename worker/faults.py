@@ -3,7 +3,9 @@
 `FINETUNE_FAULTS` holds comma-separated `name=value` pairs, read when a job starts:
 - `oom_above=N`: a forward pass on more than N images raises torch.OutOfMemoryError;
 - `crash_at_step=N`: the worker process kills itself (SIGKILL) at step N of every attempt;
-- `step_delay=S`: sleep S seconds after every step, so tests can act mid-epoch.
+- `step_delay=S`: sleep S seconds after every step, so tests can act mid-epoch;
+- `crash_before_success=N`: attempt N kills its worker process (SIGKILL) once the last
+  epoch's files are written, before the job's success is committed.
 """
 
 import os
@@ -22,6 +24,7 @@ class Faults:
         self.oom_above = int(pairs["oom_above"]) if "oom_above" in pairs else None
         self.crash_at_step = int(pairs["crash_at_step"]) if "crash_at_step" in pairs else None
         self.step_delay = float(pairs.get("step_delay", 0))
+        self.crash_before_success = int(pairs.get("crash_before_success", 0))
         self.steps = 0
 
     def before_batch(self, size: int) -> None:
@@ -34,3 +37,7 @@ class Faults:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.step_delay:
             time.sleep(self.step_delay)
+
+    def before_success(self, attempt: int) -> None:
+        if attempt == self.crash_before_success:
+            os.kill(os.getpid(), signal.SIGKILL)

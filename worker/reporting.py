@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
+from tensorboardX import SummaryWriter  # imported before the pool forks: not during epoch 2
 
 from app.core.events import add_event, job_tenant
 from app.core.ids import new_id
@@ -62,6 +63,8 @@ class DatabaseReporter(FitCallbacks):
         self._pending: Future[None] | None = None
         self._board: Any = None
         self._board_key = f"jobs/{self.job_id}/tensorboard"
+        # The last epoch's checkpoint row and metrics, written but not committed (see below).
+        self.final: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def _fenced(self, session: Session, **values: Any) -> None:
         """Update the job row if this attempt still owns it, else stop the attempt."""
@@ -119,14 +122,22 @@ class DatabaseReporter(FitCallbacks):
         with self.sessions() as session:
             return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, Any], trainer: Trainer) -> None:
+    def on_epoch_end(
+        self, epoch: int, metrics: dict[str, Any], trainer: Trainer, *, last: bool
+    ) -> None:
         """Snapshot now; write and commit in the background while the next epoch trains.
 
         Only one epoch's persistence runs at a time, in order; its failure (a lost lease)
         surfaces at the next check. The runner calls `flush()` before the outcome.
+
+        The last epoch saves no optimiser state: a job that finishes drops it at once, and for
+        a large model it is the biggest file (AdamW keeps two moments per weight), written
+        and synced while the user waits for the job to end. That epoch's checkpoint is
+        committed with the job's success instead (`commit_final`), so until then the epoch
+        before stays the one to resume from, and a crash in between trains the last again.
         """
         weights = cpu_state_dict(trainer.model.state_dict())
-        state = snapshot(trainer, epoch)
+        state = None if last else snapshot(trainer, epoch)
         self._wait_pending()
         self._pending = self._writer.submit(self._persist, epoch, clean(metrics), weights, state)
 
@@ -135,42 +146,80 @@ class DatabaseReporter(FitCallbacks):
             pending, self._pending = self._pending, None
             pending.result()
 
-    def flush(self) -> None:
-        """Wait for the last epoch's checkpoint to be durable and committed."""
+    def flush(self, *, keep_final: bool = False) -> None:
+        """Wait for the last epoch's files to be durable (and committed, but for the last).
+
+        The last epoch's checkpoint is kept for `commit_final` only when `keep_final` (the
+        job succeeds); otherwise its file is deleted: the job did not end with that epoch.
+        """
         try:
             self._wait_pending()
         finally:
             self._writer.shutdown(wait=True)
             if self._board is not None:
                 self._board.close()
+            if not keep_final:
+                self.discard_final()
+
+    def commit_final(self, session: Session) -> None:
+        """Add the last epoch's checkpoint row and events to the session of the job's success."""
+        if self.final is not None:
+            row, metrics = self.final
+            session.add(Checkpoint(**row))  # a fresh object per try: retries start clean
+            self._epoch_events(session, metrics, row)
+
+    def discard_final(self) -> None:
+        """Delete the last epoch's checkpoint file, if one was written and no commit took it.
+
+        Asked of the database, not assumed: a commit whose answer was lost may have landed
+        before its retry found the job no longer running.
+        """
+        if self.final is None:
+            return
+        row, self.final = self.final[0], None
+        with self.sessions() as session:
+            committed = session.get(Checkpoint, row["id"]) is not None
+        if not committed:
+            self.storage.delete(row["storage_key"])
 
     def _persist(
-        self, epoch: int, metrics: dict[str, Any], weights: dict[str, Any], state: StateSnapshot
+        self,
+        epoch: int,
+        metrics: dict[str, Any],
+        weights: dict[str, Any],
+        state: StateSnapshot | None,
     ) -> None:
         # Named per attempt: a stale attempt can never overwrite what the live one wrote.
         tag = f"epoch-{epoch:04d}-a{self.lease.attempt}"
         key = f"jobs/{self.job_id}/checkpoints/{tag}.safetensors"
-        resume_key = f"jobs/{self.job_id}/state/{tag}.safetensors"
         # Written whole in staging, then published: storage never holds a partial file.
         path = self.storage.staging() / f"{self.job_id}-{tag}.safetensors"
-        state_path = path.with_suffix(".state")
         meta = weights_metadata(self.spec, job_id=self.job_id, epoch=epoch)
         sha256 = save_weights(path, weights, meta, copied=True)
-        size_bytes = path.stat().st_size
-        write_state(state_path, state)
-        self.storage.put_file(path, key)
-        self.storage.put_file(state_path, resume_key)
         row = {
             "id": new_id("ckpt"),
             "job_id": self.job_id,
             "epoch": epoch,
             "metrics": metrics,
-            "size_bytes": size_bytes,
+            "size_bytes": path.stat().st_size,
             "sha256": sha256,
             "storage_key": key,
-            "resume_key": resume_key,
+            "resume_key": None,
             "tenant_id": job_tenant(self.job_id),
         }
+        self.storage.put_file(path, key)
+        if state is None:
+            self.final = (row, metrics)
+        else:
+            row["resume_key"] = f"jobs/{self.job_id}/state/{tag}.safetensors"
+            state_path = path.with_suffix(".state")
+            write_state(state_path, state)
+            self.storage.put_file(state_path, row["resume_key"])
+            self._commit(epoch, metrics, row)
+        self._tensorboard(epoch, metrics)
+
+    def _commit(self, epoch: int, metrics: dict[str, Any], row: dict[str, Any]) -> None:
+        """Commit an epoch's checkpoint as the one to resume from, with its events."""
         progress = {
             "epoch": epoch,
             "epochs": self.spec.epochs,
@@ -194,33 +243,34 @@ class DatabaseReporter(FitCallbacks):
                 update(Checkpoint).where(Checkpoint.job_id == self.job_id).values(resume_key=None)
             )
             session.add(Checkpoint(**row))  # a fresh object per try: retries start clean
-            text = f"epoch {epoch}/{self.spec.epochs}: train_loss {metrics['train_loss']:.4f}"
-            if metrics.get("val_accuracy") is not None:
-                text += f", val_accuracy {metrics['val_accuracy']:.4f}"
-            add_event(session, self.job_id, "epoch", text, {"epoch": epoch, **metrics})
-            add_event(
-                session,
-                self.job_id,
-                "checkpoint",
-                f"checkpoint of epoch {epoch} saved",
-                {"epoch": epoch, "checkpoint_id": row["id"], "sha256": row["sha256"]},
-            )
+            self._epoch_events(session, metrics, row)
 
         try:
             self.write(change)
         except AttemptInterrupted:
-            self.storage.delete(key)
-            self.storage.delete(resume_key)
+            self.storage.delete(row["storage_key"])
+            self.storage.delete(row["resume_key"])
             raise
         for old in stale:  # only the latest epoch's optimiser state is needed to resume
             self.storage.delete(old)
-        self._tensorboard(epoch, metrics)
+
+    def _epoch_events(self, session: Session, metrics: dict[str, Any], row: dict[str, Any]) -> None:
+        epoch = row["epoch"]
+        text = f"epoch {epoch}/{self.spec.epochs}: train_loss {metrics['train_loss']:.4f}"
+        if metrics.get("val_accuracy") is not None:
+            text += f", val_accuracy {metrics['val_accuracy']:.4f}"
+        add_event(session, self.job_id, "epoch", text, {"epoch": epoch, **metrics})
+        add_event(
+            session,
+            self.job_id,
+            "checkpoint",
+            f"checkpoint of epoch {epoch} saved",
+            {"epoch": epoch, "checkpoint_id": row["id"], "sha256": row["sha256"]},
+        )
 
     def _tensorboard(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Epoch scalars as TensorBoard event files among the job's artifacts."""
         if self._board is None:
-            from tensorboardX import SummaryWriter
-
             logdir = self.storage.workspace(self._board_key)
             self._board = SummaryWriter(
                 logdir=str(logdir), filename_suffix=f".a{self.lease.attempt}"

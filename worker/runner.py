@@ -151,13 +151,17 @@ def _resume_state(session: Session, storage: Storage, job_id: str) -> ResumeStat
 
 
 def _record_success(
-    lease: Lease, storage: Storage, spec: TrainSpec, result: FitResult
+    lease: Lease, storage: Storage, spec: TrainSpec, result: FitResult, reporter: DatabaseReporter
 ) -> str | None:
-    """Succeed the job and create its model; the model id, or None if the fence refused."""
+    """Succeed the job and create its model; the model id, or None if the fence refused.
+
+    The last epoch's checkpoint is committed in the same transaction (`commit_final`).
+    """
     stale: list[str] = []
 
     def write() -> str | None:
         with lease.sessions() as session:
+            reporter.commit_final(session)
             best = session.scalar(
                 select(Checkpoint).where(
                     Checkpoint.job_id == lease.job_id, Checkpoint.epoch == result.best_epoch
@@ -240,6 +244,8 @@ def _record_success(
             return model.id
 
     model_id = retrying(write)
+    if model_id is None:
+        reporter.discard_final()
     for key in stale:  # a finished job never resumes: drop its optimiser state
         storage.delete(key)
     return model_id
@@ -287,7 +293,7 @@ def _train(settings: Settings, storage: Storage, lease: Lease, faults: Faults) -
         try:
             result = fit(spec, data, reporter, resume=resume, micro_batch=micro)
         except torch.OutOfMemoryError:
-            reporter.flush()  # the last epoch is committed before resuming from it
+            reporter.flush()  # what it committed is what the retry resumes from
             micro = (micro or spec.batch_size) // 2
             if micro < 1:
                 raise JobFailure("out_of_memory", "out of memory even with a batch of 1") from None
@@ -307,8 +313,9 @@ def _train(settings: Settings, storage: Storage, lease: Lease, faults: Faults) -
             with contextlib.suppress(Exception):  # the first failure is the one to report
                 reporter.flush()
             raise
-        reporter.flush()
-        model_id = _record_success(lease, storage, spec, result)
+        reporter.flush(keep_final=True)
+        faults.before_success(lease.attempt)
+        model_id = _record_success(lease, storage, spec, result, reporter)
         if model_id is not None:
             try:
                 queue.enqueue_exports(settings, model_id)

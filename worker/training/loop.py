@@ -42,8 +42,14 @@ class FitCallbacks:
         if self.should_stop():
             raise TrainingCancelled
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, Any], trainer: Trainer) -> None:
-        """Called after each epoch's evaluation; persist the checkpoint (and state) here."""
+    def on_epoch_end(
+        self, epoch: int, metrics: dict[str, Any], trainer: Trainer, *, last: bool
+    ) -> None:
+        """Called after each epoch's evaluation; persist the checkpoint (and state) here.
+
+        `last`: no epoch follows (the final one, or the one early stopping ends on), so
+        nothing will resume training from this epoch's optimiser state.
+        """
 
 
 @dataclass
@@ -134,8 +140,9 @@ def fit(
             best = metrics
         metrics["best_val_accuracy"] = best.get("val_accuracy") if best else None
         trainer.history.append(metrics)
-        callbacks.on_epoch_end(epoch, metrics, trainer)
-        if _should_stop_early(spec, trainer, epoch):
+        stop = _should_stop_early(spec, trainer, epoch)
+        callbacks.on_epoch_end(epoch, metrics, trainer, last=stop or epoch == spec.epochs)
+        if stop:
             stopped_early = epoch < spec.epochs
             break
     assert best_state is not None and trainer.best_epoch

@@ -5,9 +5,11 @@ import signal
 import time
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
+from app.core.models import Checkpoint
 from tests.integration.durability.checks import (
+    SPEC,
     assert_clean_history,
     events,
     started_attempts,
@@ -34,6 +36,26 @@ def test_kill_9_of_the_training_child_resumes_from_last_epoch(cluster: Cluster) 
     job = assert_clean_history(cluster, job_id)
     attempts = (job["attempts"], started_attempts(cluster, job_id))
     assert attempts == (2, [1, 2]), cluster.lease_log(job_id)
+
+
+def test_a_crash_before_success_trains_the_last_epoch_again(cluster: Cluster) -> None:
+    # The last epoch writes its checkpoint but no optimiser state, and commits it with the
+    # job's success: killed in between, the job resumes after the epoch before the last.
+    cluster.worker(faults="crash_before_success=1")
+    job_id = submit(cluster)
+    job = assert_clean_history(cluster, job_id)
+    assert (job["attempts"], started_attempts(cluster, job_id)) == (2, [1, 2])
+    resumed = [
+        e["data"]["resumed_after_epoch"]
+        for e in events(cluster, job_id)
+        if "resumed_after_epoch" in e["data"]
+    ]
+    assert resumed == [0, SPEC["epochs"] - 1]
+    artifacts = cluster.root / "var" / "artifacts" / "jobs" / job_id
+    assert not list((artifacts / "state").glob("*")), "a finished job keeps no optimiser state"
+    with cluster.sessions() as session:
+        keys = session.scalars(select(Checkpoint.storage_key).where(Checkpoint.job_id == job_id))
+        assert all((cluster.root / "var" / "artifacts" / key).is_file() for key in keys)
 
 
 def test_kill_9_of_the_worker_main_process(cluster: Cluster) -> None:

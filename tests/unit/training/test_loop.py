@@ -33,6 +33,7 @@ class Recorder(FitCallbacks):
     def __init__(self, stop_after_steps: int | None = None) -> None:
         self.steps, self.epochs, self.info = 0, [], {}
         self.stop_after_steps = stop_after_steps
+        self.last: list[bool] = []
 
     def on_start(self, info):  # type: ignore[no-untyped-def]
         self.info = info
@@ -43,15 +44,17 @@ class Recorder(FitCallbacks):
     def should_stop(self) -> bool:
         return self.stop_after_steps is not None and self.steps >= self.stop_after_steps
 
-    def on_epoch_end(self, epoch, metrics, trainer):  # type: ignore[no-untyped-def]
+    def on_epoch_end(self, epoch, metrics, trainer, *, last):  # type: ignore[no-untyped-def]
         state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         self.epochs.append((epoch, dict(metrics), state))
+        self.last.append(last)
 
 
 def test_full_fine_tuning_learns_real_digits(digits_data) -> None:  # type: ignore[no-untyped-def]
     rec = Recorder()
     result = fit(spec(epochs=3, augment=True), digits_data, rec)
     assert [e for e, _, _ in rec.epochs] == [1, 2, 3]
+    assert rec.last == [False, False, True]
     assert result.best_metrics["val_accuracy"] >= 0.8  # 16 px, 3 epochs, from scratch
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert rec.steps == 3 * (len(digits_data.train) // 32)
@@ -99,9 +102,11 @@ def test_partial_splits_single_container_models() -> None:
 def test_early_stopping_stops_when_nothing_improves(small_data) -> None:  # type: ignore[no-untyped-def]
     # A learning rate too small to change a float32 weight: every epoch scores the same.
     s = spec(strategy="linear_probe", epochs=6, learning_rate=1e-30, early_stopping_patience=2)
-    result = fit(s, small_data, Recorder())
+    rec = Recorder()
+    result = fit(s, small_data, rec)
     assert result.stopped_early
     assert [int(m["epoch"]) for m in result.history] == [1, 2, 3]
+    assert rec.last == [False, False, True]  # the epoch it stops on is the last
     assert result.best_epoch == 1
 
 

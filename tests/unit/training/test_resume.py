@@ -22,9 +22,10 @@ class Saver(FitCallbacks):
     def on_batch(self, size: int) -> None:
         self.sizes.add(size)
 
-    def on_epoch_end(self, epoch, metrics, trainer) -> None:  # type: ignore[no-untyped-def]
+    def on_epoch_end(self, epoch, metrics, trainer, *, last) -> None:  # type: ignore[no-untyped-def]
         save_weights(self.root / f"model-{epoch}.safetensors", trainer.model.state_dict(), {})
-        save_state(self.root / f"state-{epoch}.safetensors", trainer, epoch)
+        if not last:  # nothing resumes after the last epoch
+            save_state(self.root / f"state-{epoch}.safetensors", trainer, epoch)
         if self.stop_after == epoch:
             raise KeyboardInterrupt  # the process "dies" right after the epoch's files are safe
 
