@@ -130,8 +130,9 @@ NOTES = """
   steps slower than fp32 steps on the AMX Xeon of runs 17 and 18 (worker/training/convs.py):
   in run 18's `CPU convolutions` rows bf16 steps ran 0.45× (MobileNetV3-Small, 64 px) and
   0.76× (EfficientNet-B0, 128 px) the fp32 steps with oneDNN's bf16 depthwise layers, 0.96×
-  and 1.22× with fp32 ones; on the AVX512-BF16 EPYC of run 19 (2026-12-02 04:34) 0.42× and
-  0.69× before, 1.21× and 1.20× after.
+  and 1.22× with fp32 ones; on the AVX512-BF16 EPYC of runs 19 and 20 (2026-12-02) 0.42×
+  and 0.41× (MobileNetV3-Small), 0.69× and 0.73× (EfficientNet-B0) before, 1.21× and
+  1.01×, 1.20× and 1.30× after.
 - What the service changes at 32 px is a kernel. ResNet18's last stage runs on 1×1 maps
   there, and oneDNN's convolution backward for them took ~125 ms per layer against ~3 ms
   forward on an AVX2 EPYC, half of every step (torch.profiler). A convolution with one
@@ -144,9 +145,9 @@ NOTES = """
   path is smaller on an AMX Xeon (runs 17 and 18, 2026-12-02): there the GEMMs made fp32
   steps 1.19× faster for ResNet18 and 1.58× for ResNet50 (run 18's `CPU convolutions` rows),
   `model-only ratio` was 1.13× and 1.17× and the row 1.38× and 1.35×. On the AVX512-BF16
-  EPYC of run 19 they made fp32 steps 1.25× faster for ResNet18 and 1.35× for ResNet50
-  (1.65× and 1.34× in a kernel-only run 20 minutes earlier); `model-only ratio` 1.29×, the
-  row 1.41×.
+  EPYC of runs 19 and 20 they made fp32 steps 1.25× and 1.21× faster for ResNet18, 1.35×
+  and 1.19× for ResNet50 (1.65× and 1.34× in a kernel-only run before run 19); `model-only
+  ratio` was 1.29× and 1.21×, the row 1.41× and 1.39×.
 - `CPU convolutions` rows time training steps on one resident batch with the trainer's CPU
   convolutions (worker/training/convs.py) against plain nn.Conv2d, both channels_last, in
   alternated rounds: the single-position GEMMs in fp32, and depthwise layers in fp32 inside
@@ -175,9 +176,9 @@ NOTES = """
   for the same two cores (the row over the model alone: 1.30× on the second AMX Xeon,
   1.13-1.17× on the EPYC). So whether 3.5× is reached depends on the host's matrix units:
   met on the second AMX Xeon (4.47×) and on the AMX Xeon of runs 17 and 18 (4.31× and
-  4.04×), missed on the first (3.09×), on the AVX512-BF16 EPYC (2.89-3.02×, 3.41× in run
-  19 with the model alone at 2.91×) and on AVX2,
-  which has no native bf16 (1.24×).
+  4.04×), missed on the first (3.09×), on the AVX512-BF16 EPYC (2.89-3.02×; 3.41× in runs
+  19 and 20, the model alone 2.91× and 2.75×) and on AVX2, which has no native bf16
+  (1.24×).
 - Service overhead compares each job with a core run right beside it, in six pairs whose
   order alternates (job first, then core first), and takes the median of the pairs' ratios:
   the machine's speed moves by tens of percent within minutes (one 10-epoch job's epochs ran
@@ -208,7 +209,9 @@ NOTES = """
   own 0.68 s); over 8 pairs there the job's four epochs ran 0.95×, 0.83×, 0.88× and 0.94×
   the core's: the first, with no checkpoint being written beside it, lost least. Since the
   last epoch writes no optimiser state and commits with the job's success (README, Exact
-  resume), the same host's own seconds were 0.51 s (8 pairs, ratio 1.21, steps 1.18×).
+  resume), the same host's own seconds were 0.51 s (8 pairs, ratio 1.21, steps 1.18×) and
+  0.59 s in run 20 (ratio 1.25, steps 1.21×, core 9.1 s), an hour when the same host's API
+  served half run 19's requests a second.
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it
@@ -218,21 +221,25 @@ NOTES = """
   on a fast day the saturated row reached 344 req/s and the target row's p99 was 20 ms; on
   a day when the same VM served 153 req/s (and the textbook loop ran at two thirds of its
   speed), p99 was 89 ms. `idle p99 ms`, the same load with no job, shows which day it was.
+  On the AVX512-BF16 EPYC the saturated row served 456 req/s in run 19 (p99 while training
+  12.7 ms) and 233 req/s an hour later in run 20 (p99 71 ms, 43 ms with no job at all).
 - `forward ceiling ratio` is what micro-batching saves in the model itself: a 32-image
   forward of the served model against 32 one-image forwards, in-process on idle cores. On
   the AVX2 host and the AVX512 EPYC a one-image forward already keeps both cores busy, so
   batching gained 1.9-3× there, not the ≥10× of a GPU; on the second AMX Xeon it gained
   6.09×. The end-to-end ratio follows it loosely, on either side: 3.79 against 6.09 on that
   AMX Xeon, 3.65 against 5.31 and 3.78 against 6.23 on the AMX Xeon of runs 17 and 18, 3.16
-  against 2.53, 2.55 against 3.02 and 2.87 against 2.84 in three runs on the AVX512 EPYC
-  (the last run 19), 1.88 against 1.89 and 2.15 against 2.36 in two runs on AVX2 hosts.
+  against 2.53, 2.55 against 3.02, 2.87 against 2.84 and 2.43 against 2.86 in four runs on
+  the AVX512 EPYC (the last two runs 19 and 20), 1.88 against 1.89 and 2.15 against 2.36 in
+  two runs on AVX2 hosts.
   The ceiling is measured on idle cores; served forwards share the two cores with the load
   generator and 32 requests' HTTP and decoding, which moves both sides of the end-to-end
   ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
-  the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11×, 0.95× and
-  0.93× in three runs on the AVX512 EPYC and 0.73× and 1.00× on AVX2 hosts, after a first
-  epoch that spends 20-95 s compiling (less when inductor's cache in /tmp is warm).
+  the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11×, 0.95×,
+  0.93× and 1.21× in four runs on the AVX512 EPYC and 0.73× and 1.00× on AVX2 hosts, after
+  a first epoch that spends 20-95 s compiling (12 s in run 20, when inductor's cache in /tmp
+  was warm from run 19).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
