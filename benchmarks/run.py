@@ -211,7 +211,8 @@ NOTES = """
   last epoch writes no optimiser state and commits with the job's success (README, Exact
   resume), the same host's own seconds were 0.51 s (8 pairs, ratio 1.21, steps 1.18×) and
   0.59 s in run 20 (ratio 1.25, steps 1.21×, core 9.1 s), an hour when the same host's API
-  served half run 19's requests a second.
+  served half run 19's requests a second; 20 minutes later a run of the service rows alone
+  gave 0.42 s (ratio 1.15, steps 1.12×; the API back at 395 req/s, p99 16.7 ms).
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it
