@@ -63,8 +63,8 @@ class DatabaseReporter(FitCallbacks):
         self._pending: Future[None] | None = None
         self._board: Any = None
         self._board_key = f"jobs/{self.job_id}/tensorboard"
-        # The last epoch's checkpoint row and metrics, written but not committed (see below).
-        self.final: tuple[dict[str, Any], dict[str, Any]] | None = None
+        # The last epoch's checkpoint row, its file written but the row not committed (below).
+        self.final: dict[str, Any] | None = None
 
     def _fenced(self, session: Session, **values: Any) -> None:
         """Update the job row if this attempt still owns it, else stop the attempt."""
@@ -164,9 +164,8 @@ class DatabaseReporter(FitCallbacks):
     def commit_final(self, session: Session) -> None:
         """Add the last epoch's checkpoint row and events to the session of the job's success."""
         if self.final is not None:
-            row, metrics = self.final
-            session.add(Checkpoint(**row))  # a fresh object per try: retries start clean
-            self._epoch_events(session, metrics, row)
+            session.add(Checkpoint(**self.final))  # a fresh object per try: retries start clean
+            self._epoch_events(session, self.final)
 
     def discard_final(self) -> None:
         """Delete the last epoch's checkpoint file, if one was written and no commit took it.
@@ -176,7 +175,7 @@ class DatabaseReporter(FitCallbacks):
         """
         if self.final is None:
             return
-        row, self.final = self.final[0], None
+        row, self.final = self.final, None
         with self.sessions() as session:
             committed = session.get(Checkpoint, row["id"]) is not None
         if not committed:
@@ -209,17 +208,18 @@ class DatabaseReporter(FitCallbacks):
         }
         self.storage.put_file(path, key)
         if state is None:
-            self.final = (row, metrics)
+            self.final = row
         else:
             row["resume_key"] = f"jobs/{self.job_id}/state/{tag}.safetensors"
             state_path = path.with_suffix(".state")
             write_state(state_path, state)
             self.storage.put_file(state_path, row["resume_key"])
-            self._commit(epoch, metrics, row)
+            self._commit(row)
         self._tensorboard(epoch, metrics)
 
-    def _commit(self, epoch: int, metrics: dict[str, Any], row: dict[str, Any]) -> None:
+    def _commit(self, row: dict[str, Any]) -> None:
         """Commit an epoch's checkpoint as the one to resume from, with its events."""
+        epoch, metrics = row["epoch"], row["metrics"]
         progress = {
             "epoch": epoch,
             "epochs": self.spec.epochs,
@@ -243,7 +243,7 @@ class DatabaseReporter(FitCallbacks):
                 update(Checkpoint).where(Checkpoint.job_id == self.job_id).values(resume_key=None)
             )
             session.add(Checkpoint(**row))  # a fresh object per try: retries start clean
-            self._epoch_events(session, metrics, row)
+            self._epoch_events(session, row)
 
         try:
             self.write(change)
@@ -254,8 +254,8 @@ class DatabaseReporter(FitCallbacks):
         for old in stale:  # only the latest epoch's optimiser state is needed to resume
             self.storage.delete(old)
 
-    def _epoch_events(self, session: Session, metrics: dict[str, Any], row: dict[str, Any]) -> None:
-        epoch = row["epoch"]
+    def _epoch_events(self, session: Session, row: dict[str, Any]) -> None:
+        epoch, metrics = row["epoch"], row["metrics"]
         text = f"epoch {epoch}/{self.spec.epochs}: train_loss {metrics['train_loss']:.4f}"
         if metrics.get("val_accuracy") is not None:
             text += f", val_accuracy {metrics['val_accuracy']:.4f}"
