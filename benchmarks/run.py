@@ -232,10 +232,9 @@ NOTES = """
   AMX Xeon, 3.65 against 5.31 and 3.78 against 6.23 on the AMX Xeon of runs 17 and 18, 3.16
   against 2.53, 2.55 against 3.02, 2.87 against 2.84 and 2.43 against 2.86 in four runs on
   the AVX512 EPYC (the last two runs 19 and 20), 1.88 against 1.89 and 2.15 against 2.36 in
-  two runs on AVX2 hosts.
-  The ceiling is measured on idle cores; served forwards share the two cores with the load
-  generator and 32 requests' HTTP and decoding, which moves both sides of the end-to-end
-  ratio from run to run.
+  two runs on AVX2 hosts. The ceiling is measured on idle cores; served forwards share the
+  two cores with the load generator and 32 requests' HTTP and decoding, which moves both
+  sides of the end-to-end ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
   the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11×, 0.95×,
   0.93× and 1.21× in four runs on the AVX512 EPYC and 0.73× and 1.00× on AVX2 hosts, after

@@ -51,11 +51,12 @@ def test_a_crash_before_success_trains_the_last_epoch_again(cluster: Cluster) ->
         if "resumed_after_epoch" in e["data"]
     ]
     assert resumed == [0, SPEC["epochs"] - 1]
-    artifacts = cluster.root / "var" / "artifacts" / "jobs" / job_id
-    assert not list((artifacts / "state").glob("*")), "a finished job keeps no optimiser state"
+    artifacts = cluster.root / "var" / "artifacts"
+    state = artifacts / "jobs" / job_id / "state"
+    assert not list(state.glob("*")), "a finished job keeps no optimiser state"
     with cluster.sessions() as session:
         keys = session.scalars(select(Checkpoint.storage_key).where(Checkpoint.job_id == job_id))
-        assert all((cluster.root / "var" / "artifacts" / key).is_file() for key in keys)
+        assert all((artifacts / key).is_file() for key in keys)
 
 
 def test_kill_9_of_the_worker_main_process(cluster: Cluster) -> None:
