@@ -1,5 +1,6 @@
 """From a job row to what the training core takes: a TrainSpec and decoded TrainData."""
 
+import contextlib
 import json
 from typing import Any
 
@@ -9,8 +10,14 @@ from sqlalchemy.orm import Session
 from app.core import registry
 from app.core.config import Settings
 from app.core.models import Dataset, Job, Model
-from app.core.storage import Storage, sha256_file
-from worker.training.data import ImageSet, TrainData, cached_images, stratified_split
+from app.core.storage import Storage, host_cache, sha256_file
+from worker.training.data import (
+    ImageSet,
+    TrainData,
+    cache_file,
+    cached_images,
+    stratified_split,
+)
 from worker.training.spec import InitWeights, TrainSpec
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -44,7 +51,11 @@ class JobFailure(Exception):
 
 
 def _init_weights(
-    session: Session, storage: Storage, spec: dict[str, Any], classes: list[str]
+    session: Session,
+    storage: Storage,
+    spec: dict[str, Any],
+    classes: list[str],
+    holds: contextlib.ExitStack,
 ) -> InitWeights:
     weights = spec["weights"]
     if weights is None:
@@ -53,7 +64,7 @@ def _init_weights(
         model = session.get(Model, weights["model_id"])
         if model is None:
             raise JobFailure("model_not_found", f"model {weights['model_id']} no longer exists")
-        path = storage.local(model.storage_key)
+        path = holds.enter_context(storage.hold(model.storage_key))  # fit() reads it later
         if sha256_file(path) != model.sha256:  # only files this service wrote, unaltered
             raise JobFailure("weights_corrupt", f"the weights file of model {model.id} was altered")
         return InitWeights(source="file", path=str(path), keep_head=model.classes == classes)
@@ -66,13 +77,21 @@ def _init_weights(
 
 
 def build_spec(
-    session: Session, settings: Settings, storage: Storage, job: Job, dataset: Dataset
+    session: Session,
+    settings: Settings,
+    storage: Storage,
+    job: Job,
+    dataset: Dataset,
+    holds: contextlib.ExitStack,
 ) -> TrainSpec:
-    """The frozen TrainSpec of a job, its weights resolved to a file that exists."""
+    """The frozen TrainSpec of a job, its weights resolved to a file that exists.
+
+    A weights file from the host cache is held in `holds` (the caller's: until training ends).
+    """
     return TrainSpec(
         backbone=job.spec["backbone"],
         classes=tuple(dataset.classes),
-        init=_init_weights(session, storage, job.spec, dataset.classes),
+        init=_init_weights(session, storage, job.spec, dataset.classes, holds),
         device=settings.device,
         **{name: job.spec[name] for name in SPEC_FIELDS if name in job.spec},
     )
@@ -85,13 +104,22 @@ def load_data(
     spec: TrainSpec,
     validation_split: float,
 ) -> TrainData:
-    """Decode the dataset once (cached per dataset and image size) and split it."""
-    root = storage.local(dataset.storage_key)
-    entries = json.loads((root / "manifest.json").read_text())["entries"]
+    """Decode the dataset once (cached per dataset and image size) and split it.
+
+    The decoded images are an entry of the host's cache, like a remote dataset's copy: both
+    are held while they are read or made, then the cache is trimmed to its budget.
+    """
+    cache = host_cache(settings)
+    base = cache.path(f"decoded-{dataset.id}-{spec.image_size}px.npy")
+    decoded = cache_file(base)
+    with storage.hold(dataset.storage_key) as root, cache.use(decoded.name):
+        entries = json.loads((root / "manifest.json").read_text())["entries"]
+        paths = [root / e["file"] for e in entries]
+        made = not decoded.exists()
+        images = cached_images(base, paths, spec.image_size, settings.decode_threads)
+        if made:
+            cache.trim(keep=decoded.name)
     index = {name: i for i, name in enumerate(dataset.classes)}
-    cache = settings.work_dir / "cache" / dataset.id / f"{spec.image_size}.npy"
-    paths = [root / e["file"] for e in entries]
-    images = cached_images(cache, paths, spec.image_size, settings.decode_threads)
     full = ImageSet(images, torch.tensor([index[e["label"]] for e in entries], dtype=torch.long))
     split = torch.tensor([SPLITS[e["split"]] for e in entries])
     train, val, test = (full.subset(torch.nonzero(split == k).flatten()) for k in range(3))

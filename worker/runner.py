@@ -266,13 +266,21 @@ def _sigterm_releases(lease: Lease) -> Iterator[None]:
 
 
 def _train(settings: Settings, storage: Storage, lease: Lease, faults: Faults) -> None:
+    # Host-cache entries the job reads until it ends (a model it starts from) are held here.
+    with contextlib.ExitStack() as holds:
+        _train_holding(settings, storage, lease, faults, holds)
+
+
+def _train_holding(
+    settings: Settings, storage: Storage, lease: Lease, faults: Faults, holds: contextlib.ExitStack
+) -> None:
     with lease.sessions() as session:
         job = session.get(Job, lease.job_id)
         assert job is not None
         dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
         if dataset is None:
             raise JobFailure("dataset_not_found", "the job's dataset was deleted")
-        spec = build_spec(session, settings, storage, job, dataset)
+        spec = build_spec(session, settings, storage, job, dataset, holds)
         validation_split = job.spec["validation_split"]
     data = load_data(settings, storage, dataset, spec, validation_split)
     micro: int | None = None

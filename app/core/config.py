@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import ByteSize, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BROKER = "filesystem://"
@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         "the batched throughput on an AVX512-BF16 CPU, top-1 unchanged); fp32: exact.",
     )
     decode_threads: int = Field(4, ge=1, description="Threads that decode dataset images.")
+    cache_max_size: ByteSize = Field(
+        ByteSize(50 * 2**30),
+        ge=0,
+        description="Budget of this host's cache of decoded images and remote copies "
+        "(e.g. 50GiB); least recently used entries are evicted first.",
+    )
 
     max_upload_bytes: int = Field(
         10 * 2**30, ge=1, description="Largest dataset upload (413 above)."

@@ -9,11 +9,12 @@ backends share the interface:
 
 Every consumer (safetensors, the memory-mapped decode cache, TensorBoard, FileResponse)
 wants a real file, so the interface speaks in local paths: `local(key)` gives a readable
-copy (remote objects are downloaded once into a per-host cache), `put_file`/`put_dir`
-publish finished local files, and `workspace(key)` + `publish(key)` serve writers that
-append over time (TensorBoard). Stored objects are immutable once published (every key
-names one attempt, model or export), which is what makes the per-host cache safe. The
-cache holds only what a host has read; nothing evicts it yet (prune it with `find -atime`).
+copy (remote objects are downloaded once into the host's cache), `hold(key)` keeps that
+copy from eviction while a long read runs, `put_file`/`put_dir` publish finished local
+files, and `workspace(key)` + `publish(key)` serve writers that append over time
+(TensorBoard). Stored objects are immutable once published (every key names one attempt,
+model or export), which is what makes the per-host cache safe. The cache holds only what a
+host has read, within `FINETUNE_CACHE_MAX_SIZE` (app.core.hostcache).
 """
 
 import contextlib
@@ -22,10 +23,13 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from app.core.config import Settings
+from app.core.hostcache import HostCache
 
 
 class Storage(Protocol):
@@ -33,6 +37,10 @@ class Storage(Protocol):
 
     def local(self, key: str) -> Path:
         """A readable local path of the file or directory at `key`."""
+        ...
+
+    def hold(self, key: str) -> contextlib.AbstractContextManager[Path]:
+        """`local(key)`, kept from the host cache's eviction until the block ends."""
         ...
 
     def put_file(self, src: Path, key: str) -> None:
@@ -115,6 +123,11 @@ class LocalStorage:
     def local(self, key: str) -> Path:
         return self.path(key)
 
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[Path]:
+        """The stored file itself: nothing to evict."""
+        yield self.path(key)
+
     def put_file(self, src: Path, key: str) -> None:
         _replace_file(src, self.path(key))
 
@@ -146,32 +159,42 @@ class LocalStorage:
 class RemoteStorage:
     """Storage in an fsspec filesystem (S3 and S3-compatible stores), cached per host."""
 
-    def __init__(self, url: str, cache_dir: Path, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        cache: HostCache,
+        workspaces: Path,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         import fsspec
 
         self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         self.root = root.rstrip("/")
-        self.cache = cache_dir.resolve()
+        self.cache = cache
+        self.workspaces = workspaces.resolve()
 
     def _remote(self, key: str) -> str:
         return f"{self.root}/{_check_key(key)}"
 
-    def _cached(self, key: str) -> Path:
-        return self.cache / _check_key(key)
+    @staticmethod
+    def entry(key: str) -> str:
+        """The host cache's entry name of a storage key (one flat name per key)."""
+        return "stored-" + quote(_check_key(key), safe="")
 
     def local(self, key: str) -> Path:
         """The cached copy, downloaded first if this host has none (files and directories)."""
-        dest = self._cached(key)
+        name = self.entry(key)
+        dest = self.cache.path(name)
         if dest.exists():
+            self.cache.touch(name)
             return dest
         remote = self._remote(key)
         self.fs.invalidate_cache()
         if not self.fs.exists(remote):
             raise FileNotFoundError(f"no stored object at {key!r}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
         # Download beside the destination, then rename: a crash or a concurrent reader never
         # sees a half-downloaded file or directory.
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        tmp = self.cache.scratch(name)
         try:
             if self.fs.isdir(remote):
                 tmp.mkdir()
@@ -183,7 +206,14 @@ class RemoteStorage:
                 os.replace(tmp, dest)
         finally:
             _remove(tmp)
+        self.cache.touch(name)
+        self.cache.trim(keep=name)
         return dest
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[Path]:
+        with self.cache.use(self.entry(key)):
+            yield self.local(key)
 
     # Writes are not kept in the cache: the host that writes (an API storing an upload, a
     # worker storing checkpoints) is rarely the one that reads, and the cache stays small.
@@ -196,13 +226,14 @@ class RemoteStorage:
         _remove(src)
 
     def staging(self) -> Path:
-        return _directory(self.cache / ".staging")
+        return _directory(self.workspaces / ".staging")
 
     def workspace(self, key: str) -> Path:
-        return _directory(self._cached(key))
+        """Outside the cache: a writer's folder must not be evicted while it writes."""
+        return _directory(self.workspaces / self.entry(key))
 
     def publish(self, key: str) -> None:
-        self.fs.put(f"{self._cached(key)}/", f"{self._remote(key)}/", recursive=True)
+        self.fs.put(f"{self.workspace(key)}/", f"{self._remote(key)}/", recursive=True)
 
     def exists(self, key: str) -> bool:
         self.fs.invalidate_cache()  # another host may have written it since we last looked
@@ -213,7 +244,8 @@ class RemoteStorage:
         self.fs.invalidate_cache()
         if self.fs.exists(remote):
             self.fs.rm(remote, recursive=True)
-        _remove(self._cached(key))
+        self.cache.discard(self.entry(key))
+        _remove(self.workspaces / self.entry(key))
 
     def writable(self) -> bool:
         probe = f"{self.root}/.probe-{uuid.uuid4().hex}"
@@ -227,7 +259,14 @@ def get_storage(settings: Settings) -> Storage:
     url = settings.storage_url
     if "://" not in url or url.startswith("file://"):
         return LocalStorage(url.removeprefix("file://"))
-    return RemoteStorage(url, settings.work_dir / "storage-cache", settings.storage_options)
+    return RemoteStorage(
+        url, host_cache(settings), settings.work_dir / "workspaces", settings.storage_options
+    )
+
+
+def host_cache(settings: Settings) -> HostCache:
+    """This host's cache of decoded images and remote copies (`FINETUNE_CACHE_MAX_SIZE`)."""
+    return HostCache(settings.work_dir / "cache", settings.cache_max_size)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

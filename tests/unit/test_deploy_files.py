@@ -177,6 +177,12 @@ def test_the_s3_profile_serves_a_bucket_for_shared_storage(services: dict[str, A
     assert json.loads(_default(env["FINETUNE_STORAGE_OPTIONS"])) == {}
 
 
+def test_every_container_bounds_its_host_cache(services: dict[str, Any]) -> None:
+    for name in ("api", "worker-gpu", "worker-cpu"):
+        default = _default(services[name]["environment"]["FINETUNE_CACHE_MAX_SIZE"])
+        assert Settings(cache_max_size=default).cache_max_size == 50 * 2**30, name
+
+
 def test_backing_services_have_healthchecks_and_durable_data(services: dict[str, Any]) -> None:
     assert "pg_isready" in _command(services["postgres"]["healthcheck"]["test"])
     assert "/var/lib/postgresql/data" in _mounts(services["postgres"]).values()

@@ -65,15 +65,22 @@ def decode_images(paths: Sequence[str | Path], size: int, threads: int = 4) -> t
     return torch.from_numpy(out)
 
 
+def cache_file(cache: Path) -> Path:
+    """The file `cached_images(cache, …)` keeps its decoded images in.
+
+    The decoder's version is in the name: a cache made by an older normalisation would make
+    training see other pixels than serving.
+    """
+    return cache.with_name(f"{cache.stem}-d{DECODER_VERSION}.npy")
+
+
 def cached_images(
     cache: Path | None, paths: Sequence[str | Path], size: int, threads: int = 4
 ) -> torch.Tensor:
     """The decoded images of `paths`, memory-mapped from `cache` (made on first use)."""
     if cache is None:
         return decode_images(paths, size, threads)
-    # The decoder's version is in the name: a cache made by an older normalisation would
-    # make training see other pixels than serving.
-    path = cache.with_name(f"{cache.stem}-d{DECODER_VERSION}.npy")
+    path = cache_file(cache)
     shape = (len(paths), 3, size, size)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,13 @@
 """RemoteStorage against a real S3 server: two 'hosts' (cache folders) share one bucket."""
 
+import os
 import threading
 from pathlib import Path
 
 import pytest
 
 from app.core.config import Settings
+from app.core.hostcache import HostCache
 from app.core.storage import RemoteStorage, get_storage
 from tests.integration.storage.conftest import S3
 
@@ -17,8 +19,8 @@ def url(s3: S3, request: pytest.FixtureRequest) -> str:
     return f"s3://{s3.bucket}/{request.node.name}"
 
 
-def host(url: str, s3: S3, root: Path) -> RemoteStorage:
-    return RemoteStorage(url, root / "cache", s3.options)
+def host(url: str, s3: S3, root: Path, budget: int = 2**30) -> RemoteStorage:
+    return RemoteStorage(url, HostCache(root / "cache", budget), root / "workspaces", s3.options)
 
 
 def test_settings_pick_the_remote_backend(tmp_path: Path, s3: S3, url: str) -> None:
@@ -26,7 +28,8 @@ def test_settings_pick_the_remote_backend(tmp_path: Path, s3: S3, url: str) -> N
     storage = get_storage(settings)
     assert isinstance(storage, RemoteStorage)
     assert storage.writable()
-    assert storage.cache == (tmp_path / "work" / "storage-cache").resolve()
+    assert storage.cache.root == (tmp_path / "work" / "cache").resolve()
+    assert storage.cache.max_bytes == settings.cache_max_size
 
 
 def test_a_file_put_on_one_host_reads_back_on_another(tmp_path: Path, s3: S3, url: str) -> None:
@@ -40,8 +43,8 @@ def test_a_file_put_on_one_host_reads_back_on_another(tmp_path: Path, s3: S3, ur
     ]
     copy = b.local("models/m1/weights.safetensors")
     assert copy.read_bytes() == b"\x00weights" * 1000
-    assert copy.is_relative_to(b.cache)
-    assert not a._cached("models/m1/weights.safetensors").exists(), "writes are not cached"
+    assert copy.is_relative_to(b.cache.root)
+    assert not list(a.cache.root.glob("stored-*")), "writes are not cached"
     assert b.exists("models/m1/weights.safetensors")
 
 
@@ -102,7 +105,7 @@ def test_delete_removes_the_object_and_every_cached_copy(tmp_path: Path, s3: S3,
     assert (a.local("datasets/gone") / "x" / "y.txt").read_text() == "y"  # cached here now
     a.delete("datasets/gone")
     assert not a.exists("datasets/gone")
-    assert not (a.cache / "datasets" / "gone").exists()
+    assert not a.cache.path(a.entry("datasets/gone")).exists()
     with pytest.raises(FileNotFoundError):
         host(url, s3, tmp_path / "b").local("datasets/gone")
     a.delete("datasets/never-was")  # missing keys are fine
@@ -112,3 +115,24 @@ def test_delete_removes_the_object_and_every_cached_copy(tmp_path: Path, s3: S3,
 def test_keys_never_leave_the_prefix(tmp_path: Path, s3: S3, url: str, key: str) -> None:
     with pytest.raises(ValueError, match="invalid storage key"):
         host(url, s3, tmp_path).local(key)
+
+
+def test_copies_beyond_the_budget_are_evicted_least_recently_used_first(
+    tmp_path: Path, s3: S3, url: str
+) -> None:
+    a = host(url, s3, tmp_path / "a")
+    for name in ("old", "used", "new"):
+        src = a.staging() / name
+        src.write_bytes(name.encode() * 1000)  # 3-4 kB each
+        a.put_file(src, f"models/{name}/w.bin")
+    b = host(url, s3, tmp_path / "b", budget=8000)
+    b.cache.grace_s = 0  # no reader here needs the recency grace
+    old, used = b.local("models/old/w.bin"), b.local("models/used/w.bin")
+    os.utime(old, (1, 1))
+    os.utime(used, (2, 2))
+    with b.hold("models/used/w.bin") as held:  # in use: kept, though the oldest
+        os.utime(held, (0, 0))
+        new = b.local("models/new/w.bin")  # 11 kB > 8000: the oldest unheld copy goes
+        assert held.exists() and new.exists()
+    assert not old.exists()
+    assert b.local("models/old/w.bin").read_bytes() == b"old" * 1000  # downloaded again

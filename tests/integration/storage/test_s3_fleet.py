@@ -97,4 +97,5 @@ def test_upload_train_export_and_download_through_s3(
     # Nothing was stored on local disks: only each host's download cache holds copies.
     for root in hosts.values():
         assert not (root / "artifacts").exists()
-    assert (hosts["gpu"] / "work" / "storage-cache" / "datasets" / dataset["id"]).is_dir()
+    copy = f"stored-datasets%2F{dataset['id']}"
+    assert (hosts["gpu"] / "work" / "cache" / copy).is_dir()

@@ -1,0 +1,162 @@
+"""A host's cache of derived and downloaded files, kept within a byte budget.
+
+Two kinds of entries live in one folder: images decoded once per dataset and image size
+(worker.jobspec), and copies of remote storage objects (RemoteStorage.local). Both can be
+made again from what is stored, and both grow with every dataset a host has seen: a 10 GB
+dataset of JPEGs decodes to ~15 GB at 224 px. So the cache keeps at most `max_bytes`,
+evicting the least recently used entries first.
+
+Entries are the folder's top-level files and folders (flat names). An entry in use is
+never evicted:
+
+- a long use (decoding a dataset folder, reading a resume state) holds `use(name)`, a
+  shared `flock` on the entry's lock file; eviction takes the exclusive lock without
+  waiting and skips the entry when it cannot, across every process of the host;
+- a short use that only needs a path (a download the API streams) is covered by recency:
+  `touch` marks the use, and entries used within `GRACE_S` are kept.
+
+A decoded-images file that training memory-maps may be evicted while a job trains from
+it: the job keeps reading its mapping (Linux frees the blocks when it is unmapped), and
+the next job decodes again.
+
+The budget can be exceeded by what is in use (the dataset and decoded images of the job
+starting now); nothing else stays once it would be.
+"""
+
+import contextlib
+import fcntl
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+GRACE_S = 300.0
+LOCKS = ".locks"
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    try:
+        if not path.is_dir():
+            return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class HostCache:
+    """One folder of cache entries and its byte budget (see the module docstring)."""
+
+    def __init__(self, root: Path, max_bytes: int, grace_s: float = GRACE_S) -> None:
+        self.root = root.resolve()
+        self.max_bytes, self.grace_s = max_bytes, grace_s
+
+    def path(self, name: str) -> Path:
+        """The entry `name`'s path (it may not exist yet)."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"invalid cache entry name: {name!r}")
+        return self.root / name
+
+    def scratch(self, name: str) -> Path:
+        """A unique path beside the entry to build it in, then `os.replace` into place.
+
+        Dot names are never entries: a half-made one is neither read nor counted as used.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / f".{name}.{uuid.uuid4().hex}.part"
+
+    def touch(self, name: str) -> None:
+        """Mark the entry as used now (its modification time is the cache's clock)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(name))
+
+    @contextlib.contextmanager
+    def use(self, name: str) -> Iterator[Path]:
+        """Hold the entry against eviction while the block runs; yields its path.
+
+        The entry may not exist yet: the block can make it, and it is then held as well.
+        """
+        path = self.path(name)
+        lock = self.root / LOCKS / name
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            self.touch(name)
+            try:
+                yield path
+            finally:
+                self.touch(name)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def entries(self) -> list[tuple[float, int, str]]:
+        """(last use, bytes, name) of every entry, least recently used first."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for item in os.scandir(self.root):
+                if item.name.startswith("."):
+                    continue
+                try:
+                    used = item.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                found.append((used, _size(Path(item.path)), item.name))
+        return sorted(found)
+
+    def trim(self, keep: str | None = None) -> list[str]:
+        """Evict least recently used entries (never `keep`) until the cache fits its budget.
+
+        Returns the names evicted.
+        """
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        evicted: list[str] = []
+        recent = time.time() - self.grace_s
+        for used, size, name in entries:
+            if total <= self.max_bytes:
+                break
+            if name != keep and used < recent and self._evict(name):
+                total -= size
+                evicted.append(name)
+        return evicted
+
+    def discard(self, name: str) -> None:
+        """Remove the entry now (its object was deleted), once no process holds it."""
+        self._remove(name, wait=True)
+
+    def _evict(self, name: str) -> bool:
+        """Remove the entry unless a process holds it or used it since it was listed."""
+        return self._remove(name, wait=False)
+
+    def _remove(self, name: str, *, wait: bool) -> bool:
+        lock = self.root / LOCKS / name
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                return False
+            try:
+                used = os.stat(self.path(name)).st_mtime
+            except FileNotFoundError:
+                return False
+            if not wait and used >= time.time() - self.grace_s:
+                return False
+            # Renamed away first, under the lock: a reader never finds half an entry.
+            doomed = self.scratch(name)
+            os.replace(self.path(name), doomed)
+            _remove(doomed)
+            return True

@@ -1,0 +1,126 @@
+"""The host cache: a byte budget, least recently used out first, never what is in use."""
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from app.core.hostcache import HostCache
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def entry(cache: HostCache, name: str, size: int, used: float) -> Path:
+    """An entry of `size` bytes last used at `used` (seconds since the epoch)."""
+    path = cache.path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    os.utime(path, (used, used))
+    return path
+
+
+def folder_entry(cache: HostCache, name: str, files: int, size: int, used: float) -> Path:
+    path = cache.path(name)
+    for i in range(files):
+        (path / "sub").mkdir(parents=True, exist_ok=True)
+        (path / "sub" / f"{i}.bin").write_bytes(b"x" * size)
+    os.utime(path, (used, used))
+    return path
+
+
+def test_trim_evicts_the_least_recently_used_until_within_budget(tmp_path: Path) -> None:
+    cache = HostCache(tmp_path, max_bytes=250, grace_s=0)
+    a = entry(cache, "a", 100, used=3)
+    b = folder_entry(cache, "b", files=2, size=50, used=1)  # a folder counts all its files
+    c = entry(cache, "c", 100, used=2)
+    d = entry(cache, "d", 100, used=4)
+    assert cache.trim() == ["b", "c"]
+    assert a.exists() and d.exists() and not b.exists() and not c.exists()
+    assert cache.trim() == []  # within budget: nothing more goes
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != ".locks"]
+
+
+def test_recent_use_and_keep_protect_an_entry(tmp_path: Path) -> None:
+    cache = HostCache(tmp_path, max_bytes=0, grace_s=60)
+    old = entry(cache, "old", 10, used=1)
+    fresh = entry(cache, "fresh", 10, used=1)
+    cache.touch("fresh")  # used just now: a path handed out is not pulled from under its reader
+    kept = entry(cache, "kept", 10, used=1)
+    assert cache.trim(keep="kept") == ["old"]
+    assert fresh.exists() and kept.exists() and not old.exists()
+
+
+def test_dot_names_are_never_entries(tmp_path: Path) -> None:
+    cache = HostCache(tmp_path, max_bytes=0, grace_s=0)
+    part = cache.scratch("x")
+    part.write_bytes(b"half made")
+    assert part.name.startswith(".") and cache.entries() == []
+    assert cache.trim() == [] and part.exists()
+    for bad in ("", "a/b", ".hidden"):
+        with pytest.raises(ValueError, match="invalid cache entry"):
+            cache.path(bad)
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from app.core.hostcache import HostCache
+with HostCache(Path(sys.argv[1]), 0).use("held"):
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_an_entry_another_process_holds_survives_trim(tmp_path: Path) -> None:
+    cache = HostCache(tmp_path, max_bytes=0, grace_s=0)
+    held = entry(cache, "held", 10, used=1)
+    other = entry(cache, "other", 10, used=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
+        os.utime(held, (1, 1))  # its use() touched it: make it the oldest again
+        assert cache.trim() == ["other"]
+        assert held.exists() and not other.exists()
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    os.utime(held, (1, 1))
+    assert cache.trim() == ["held"]  # released: it goes like any other
+
+
+def test_discard_waits_for_the_holder(tmp_path: Path) -> None:
+    cache = HostCache(tmp_path, max_bytes=2**30)
+    path = entry(cache, "d", 10, used=1)
+    holding, release, gone = threading.Event(), threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with cache.use("d") as p:
+            holding.set()
+            release.wait(10)
+            assert p.read_bytes() == b"x" * 10  # still whole while held
+
+    def discard() -> None:
+        cache.discard("d")
+        gone.set()
+
+    t1 = threading.Thread(target=reader)
+    t1.start()
+    assert holding.wait(10)
+    t2 = threading.Thread(target=discard)
+    t2.start()
+    assert not gone.wait(0.3), "discard must not remove an entry a reader holds"
+    release.set()
+    t1.join(10)
+    t2.join(10)
+    assert gone.is_set() and not path.exists()
