@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.core import registry
 from app.core.config import Settings
+from app.core.hostcache import decoded_entry
 from app.core.models import Dataset, Job, Model
 from app.core.storage import Storage, host_cache, sha256_file
 from worker.training.data import (
@@ -110,7 +111,7 @@ def load_data(
     are held while they are read or made, then the cache is trimmed to its budget.
     """
     cache = host_cache(settings)
-    base = cache.path(f"decoded-{dataset.id}-{spec.image_size}px.npy")
+    base = cache.path(decoded_entry(dataset.id, spec.image_size))
     decoded = cache_file(base)
     with storage.hold(dataset.storage_key) as root, cache.use(decoded.name):
         entries = json.loads((root / "manifest.json").read_text())["entries"]

@@ -36,6 +36,12 @@ GRACE_S = 300.0
 LOCKS = ".locks"
 
 
+def decoded_entry(dataset_id: str, image_size: int) -> str:
+    """The entry name of a dataset's images decoded at `image_size` (before the decoder's
+    version, which worker.training.data.cache_file adds)."""
+    return f"decoded-{dataset_id}-{image_size}px.npy"
+
+
 def _size(path: Path) -> int:
     """Bytes of a file, or of every file under a folder."""
     try:
@@ -136,6 +142,13 @@ class HostCache:
     def discard(self, name: str) -> None:
         """Remove the entry now (its object was deleted), once no process holds it."""
         self._remove(name, wait=True)
+
+    def discard_decoded(self, dataset_id: str) -> None:
+        """Remove every decoded-images entry of a deleted dataset, whatever its size."""
+        prefix = decoded_entry(dataset_id, 0).removesuffix("0px.npy")
+        for _, _, name in self.entries():
+            if name.startswith(prefix):
+                self.discard(name)
 
     def _evict(self, name: str) -> bool:
         """Remove the entry unless a process holds it or used it since it was listed."""

@@ -68,7 +68,11 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> Data
     summary="Delete a dataset (409 while a queued or running job uses it)",
 )
 def delete_dataset(
-    dataset_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep
+    dataset_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    tenant: TenantDep,
 ) -> Response:
-    service.delete(session, storage, tenant, dataset_id)
+    service.delete(session, settings, storage, tenant, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

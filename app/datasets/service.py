@@ -14,7 +14,7 @@ from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
 from app.core.models import ACTIVE_STATUSES, Dataset, Job, owned
-from app.core.storage import Storage
+from app.core.storage import Storage, host_cache
 from app.datasets.archive import Limits, extract_dataset
 
 CHUNK = 1 << 20
@@ -114,8 +114,14 @@ def list_(session: Session, tenant: str, limit: int, after: str | None) -> list[
     return list(session.scalars(stmt))
 
 
-def delete(session: Session, storage: Storage, tenant: str, dataset_id: str) -> None:
-    """Delete a dataset no queued or running job needs; finished jobs keep their models."""
+def delete(
+    session: Session, settings: Settings, storage: Storage, tenant: str, dataset_id: str
+) -> None:
+    """Delete a dataset no queued or running job needs; finished jobs keep their models.
+
+    Its decoded images go from this host's cache at once; other hosts' copies age out of
+    theirs (app.core.hostcache).
+    """
     row = get(session, tenant, dataset_id)
     busy = session.scalar(
         select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES)))
@@ -127,3 +133,4 @@ def delete(session: Session, storage: Storage, tenant: str, dataset_id: str) -> 
     session.delete(row)
     session.commit()
     storage.delete(row.storage_key)
+    host_cache(settings).discard_decoded(dataset_id)

@@ -9,7 +9,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.hostcache import decoded_entry
 from app.core.models import Dataset
+from app.core.storage import host_cache
 from tests.support.images import digit_members, write_tar
 
 
@@ -104,9 +106,15 @@ def test_list_pages_newest_first(client: TestClient, digits_zip: Path) -> None:
 def test_delete_removes_row_and_files(
     client: TestClient, dataset: dict, settings: Settings
 ) -> None:
+    # Images a worker on this host decoded, at two sizes, and another dataset's.
+    cache = host_cache(settings)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    for owner, size in ((dataset["id"], 32), (dataset["id"], 224), ("ds_other", 32)):
+        cache.path(decoded_entry(owner, size)).write_bytes(b"pixels")
     assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
     assert client.get(f"/v1/datasets/{dataset['id']}").json()["code"] == "dataset_not_found"
     assert not (Path(settings.storage_url) / "datasets" / dataset["id"]).exists()
+    assert [name for _, _, name in cache.entries()] == [decoded_entry("ds_other", 32)]
     assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 404
 
 
