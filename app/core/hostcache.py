@@ -25,6 +25,7 @@ starting now); nothing else stays once it would be.
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import time
@@ -33,7 +34,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 GRACE_S = 300.0
-LOCKS = ".locks"
+LOCKS = ".locks"  # one empty lock file per entry name; they stay (a few bytes each)
+
+log = logging.getLogger(__name__)
 
 
 def decoded_entry(dataset_id: str, image_size: int) -> str:
@@ -42,22 +45,29 @@ def decoded_entry(dataset_id: str, image_size: int) -> str:
     return f"decoded-{dataset_id}-{image_size}px.npy"
 
 
-def _size(path: Path) -> int:
+# Bytes of folder entries by (path, inode): an entry never changes once in place (stored
+# objects are immutable, decoded images are written once), so a dataset's 100k files are
+# walked once per process, not at every trim.
+_folder_sizes: dict[tuple[str, int], int] = {}
+
+
+def _size(item: os.DirEntry[str]) -> int:
     """Bytes of a file, or of every file under a folder."""
-    try:
-        if not path.is_dir():
-            return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.stat(os.path.join(folder, name)).st_size
-    return total
+    if not item.is_dir(follow_symlinks=False):
+        return item.stat().st_size
+    key = (item.path, item.inode())
+    if key not in _folder_sizes:
+        total = 0
+        for folder, _, files in os.walk(item.path):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(folder, name)).st_size
+        _folder_sizes[key] = total
+    return _folder_sizes[key]
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a file or a whole folder; a missing one is fine."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -116,10 +126,9 @@ class HostCache:
                 if item.name.startswith("."):
                     continue
                 try:
-                    used = item.stat().st_mtime
-                except FileNotFoundError:
+                    found.append((item.stat().st_mtime, _size(item), item.name))
+                except FileNotFoundError:  # evicted meanwhile
                     continue
-                found.append((used, _size(Path(item.path)), item.name))
         return sorted(found)
 
     def trim(self, keep: str | None = None) -> list[str]:
@@ -137,11 +146,12 @@ class HostCache:
             if name != keep and used < recent and self._evict(name):
                 total -= size
                 evicted.append(name)
+                log.info("cache entry %s evicted (%d bytes; %d bytes left)", name, size, total)
         return evicted
 
     def discard(self, name: str) -> None:
         """Remove the entry now (its object was deleted), once no process holds it."""
-        self._remove(name, wait=True)
+        self._drop(name, wait=True)
 
     def discard_decoded(self, dataset_id: str) -> None:
         """Remove every decoded-images entry of a deleted dataset, whatever its size."""
@@ -152,9 +162,9 @@ class HostCache:
 
     def _evict(self, name: str) -> bool:
         """Remove the entry unless a process holds it or used it since it was listed."""
-        return self._remove(name, wait=False)
+        return self._drop(name, wait=False)
 
-    def _remove(self, name: str, *, wait: bool) -> bool:
+    def _drop(self, name: str, *, wait: bool) -> bool:
         lock = self.root / LOCKS / name
         lock.parent.mkdir(parents=True, exist_ok=True)
         with lock.open("a") as fh:
@@ -171,5 +181,5 @@ class HostCache:
             # Renamed away first, under the lock: a reader never finds half an entry.
             doomed = self.scratch(name)
             os.replace(self.path(name), doomed)
-            _remove(doomed)
+            remove(doomed)
             return True

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from app.core.config import Settings
-from app.core.hostcache import HostCache
+from app.core.hostcache import HostCache, remove
 
 
 class Storage(Protocol):
@@ -100,13 +100,6 @@ def _directory(path: Path) -> Path:
     return path
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 class LocalStorage:
     """Storage on a local (or shared network) filesystem rooted at one directory."""
 
@@ -149,7 +142,7 @@ class LocalStorage:
         return self.path(key).exists()
 
     def delete(self, key: str) -> None:
-        _remove(self.path(key))
+        remove(self.path(key))
 
     def writable(self) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -205,7 +198,7 @@ class RemoteStorage:
                 self.fs.get_file(remote, str(tmp))
                 os.replace(tmp, dest)
         finally:
-            _remove(tmp)
+            remove(tmp)
         self.cache.touch(name)
         self.cache.trim(keep=name)
         return dest
@@ -223,7 +216,7 @@ class RemoteStorage:
 
     def put_dir(self, src: Path, key: str) -> None:
         self.fs.put(f"{src}/", f"{self._remote(key)}/", recursive=True)
-        _remove(src)
+        remove(src)
 
     def staging(self) -> Path:
         return _directory(self.workspaces / ".staging")
@@ -245,7 +238,7 @@ class RemoteStorage:
         if self.fs.exists(remote):
             self.fs.rm(remote, recursive=True)
         self.cache.discard(self.entry(key))
-        _remove(self.workspaces / self.entry(key))
+        remove(self.workspaces / self.entry(key))
 
     def writable(self) -> bool:
         probe = f"{self.root}/.probe-{uuid.uuid4().hex}"
