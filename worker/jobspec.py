@@ -17,6 +17,7 @@ from worker.training.data import (
     TrainData,
     cache_file,
     cached_images,
+    open_cached,
     stratified_split,
 )
 from worker.training.spec import InitWeights, TrainSpec
@@ -107,18 +108,22 @@ def load_data(
 ) -> TrainData:
     """Decode the dataset once (cached per dataset and image size) and split it.
 
-    The decoded images are an entry of the host's cache, like a remote dataset's copy: both
-    are held while they are read or made, then the cache is trimmed to its budget.
+    The decoded images are an entry of the host's cache, held while they are opened or
+    made. The dataset's files are fetched and held only to decode them: once decoded, a
+    job reads just the manifest, so a remote dataset's copy can leave the cache (or never
+    come back into it) while its decoded images stay.
     """
     cache = host_cache(settings)
     base = cache.path(decoded_entry(dataset.id, spec.image_size))
     decoded = cache_file(base)
-    with storage.hold(dataset.storage_key) as root, cache.use(decoded.name):
-        entries = json.loads((root / "manifest.json").read_text())["entries"]
-        paths = [root / e["file"] for e in entries]
-        made = not decoded.exists()
-        images = cached_images(base, paths, spec.image_size, settings.decode_threads)
-        if made:
+    with cache.use(decoded.name):
+        with storage.hold(f"{dataset.storage_key}/manifest.json") as manifest:
+            entries = json.loads(manifest.read_text())["entries"]
+        images = open_cached(base, len(entries), spec.image_size)
+        if images is None:
+            with storage.hold(dataset.storage_key) as root:
+                paths = [root / e["file"] for e in entries]
+                images = cached_images(base, paths, spec.image_size, settings.decode_threads)
             cache.trim(keep=decoded.name)
     index = {name: i for i, name in enumerate(dataset.classes)}
     full = ImageSet(images, torch.tensor([index[e["label"]] for e in entries], dtype=torch.long))

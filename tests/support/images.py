@@ -1,6 +1,7 @@
 """Real test images: scikit-learn's bundled handwritten digits, upscaled, as archives."""
 
 import io
+import json
 import tarfile
 import zipfile
 from collections.abc import Iterable
@@ -26,6 +27,23 @@ def digit_png(image: np.ndarray, size: int = 32) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="PNG")
     return buf.getvalue()
+
+
+def stored_digits(root: Path, per_class: int, size: int = 16) -> list[str]:
+    """A dataset folder as the API stores it (files/ + manifest.json) of digits 0 and 1.
+
+    Returns its classes, named as the manifest's labels.
+    """
+    images, labels = digits()
+    entries = []
+    for label in (0, 1):
+        for i in [int(i) for i in (labels == label).nonzero()[0][:per_class]]:
+            name = f"files/{label}/{i}.png"
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(digit_png(images[i], size))
+            entries.append({"file": name, "label": f"d{label}", "split": "train"})
+    (root / "manifest.json").write_text(json.dumps({"entries": entries}))
+    return ["d0", "d1"]
 
 
 def digit_members(

@@ -1,32 +1,20 @@
 """Decoded images live in the host cache: made once per dataset and size, within its budget."""
 
-import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
 
 from app.core.config import Settings
 from app.core.storage import LocalStorage, host_cache
-from tests.support.images import digit_png, digits
+from tests.support.images import stored_digits
 from worker.jobspec import load_data
 from worker.training.spec import TrainSpec
 
 
 def stored_dataset(storage: LocalStorage, dataset_id: str, per_class: int) -> SimpleNamespace:
-    """A stored dataset folder as the API leaves it: files + manifest.json."""
-    images, labels = digits()
-    root = storage.path(f"datasets/{dataset_id}")
-    entries = []
-    for label in (0, 1):
-        for i in [int(i) for i in (labels == label).nonzero()[0][:per_class]]:
-            name = f"files/{label}/{i}.png"
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).write_bytes(digit_png(images[i], 16))
-            entries.append({"file": name, "label": f"d{label}", "split": "train"})
-    (root / "manifest.json").write_text(json.dumps({"entries": entries}))
-    return SimpleNamespace(
-        id=dataset_id, classes=["d0", "d1"], storage_key=f"datasets/{dataset_id}"
-    )
+    key = f"datasets/{dataset_id}"
+    classes = stored_digits(storage.path(key), per_class)
+    return SimpleNamespace(id=dataset_id, classes=classes, storage_key=key)
 
 
 def test_decoded_images_beyond_the_budget_are_evicted_oldest_first(tmp_path: Path) -> None:

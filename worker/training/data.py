@@ -74,30 +74,47 @@ def cache_file(cache: Path) -> Path:
     return cache.with_name(f"{cache.stem}-d{DECODER_VERSION}.npy")
 
 
+def open_cached(cache: Path, count: int, size: int) -> torch.Tensor | None:
+    """The `count` images `cached_images(cache, …)` decoded at `size`, or None if not made.
+
+    A file of another shape (not what these images decode to) is deleted and answers None.
+    """
+    path = cache_file(cache)
+    try:
+        array = np.load(path, mmap_mode="c")  # copy-on-write: read lazily, never written back
+    except FileNotFoundError:
+        return None
+    if array.shape != (count, 3, size, size):
+        path.unlink(missing_ok=True)
+        return None
+    return torch.from_numpy(array)
+
+
 def cached_images(
     cache: Path | None, paths: Sequence[str | Path], size: int, threads: int = 4
 ) -> torch.Tensor:
     """The decoded images of `paths`, memory-mapped from `cache` (made on first use)."""
     if cache is None:
         return decode_images(paths, size, threads)
+    images = open_cached(cache, len(paths), size)
+    if images is not None:
+        return images
     path = cache_file(cache)
-    shape = (len(paths), 3, size, size)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        try:
-            _decode_into(out, paths, size, threads)
-            out.flush()
-            del out
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    array = np.load(path, mmap_mode="c")  # copy-on-write: readable lazily, never written back
-    if array.shape != shape:
-        path.unlink(missing_ok=True)
-        return cached_images(cache, paths, size, threads)
-    return torch.from_numpy(array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size)
+    )
+    try:
+        _decode_into(out, paths, size, threads)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    images = open_cached(cache, len(paths), size)
+    assert images is not None, path
+    return images
 
 
 def stratified_split(

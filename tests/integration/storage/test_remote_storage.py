@@ -3,13 +3,18 @@
 import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from app.core.config import Settings
 from app.core.hostcache import HostCache
-from app.core.storage import RemoteStorage, get_storage
+from app.core.storage import RemoteStorage, get_storage, host_cache
 from tests.integration.storage.conftest import S3
+from tests.support.images import stored_digits
+from worker.jobspec import load_data
+from worker.training.spec import TrainSpec
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +141,23 @@ def test_copies_beyond_the_budget_are_evicted_least_recently_used_first(
         assert held.exists() and new.exists()
     assert not old.exists()
     assert b.local("models/old/w.bin").read_bytes() == b"old" * 1000  # downloaded again
+
+
+def test_a_decoded_dataset_needs_only_its_manifest_again(tmp_path: Path, s3: S3, url: str) -> None:
+    """Once a worker decoded a dataset, its files' copy may leave the cache for good."""
+    api = host(url, s3, tmp_path / "api")
+    tree = tmp_path / "upload"
+    classes = stored_digits(tree, per_class=5)
+    api.put_dir(tree, "datasets/ds_r")
+    settings = Settings(data_dir=tmp_path / "worker")
+    worker = RemoteStorage(url, host_cache(settings), tmp_path / "worker" / "ws", s3.options)
+    dataset = SimpleNamespace(id="ds_r", classes=classes, storage_key="datasets/ds_r")
+    spec = TrainSpec(backbone="resnet18", classes=tuple(classes), image_size=16)
+
+    first = load_data(settings, worker, dataset, spec, 0.2)  # type: ignore[arg-type]
+    copy = worker.cache.path(worker.entry("datasets/ds_r"))
+    assert (copy / "files").is_dir(), "decoding fetched the dataset's files"
+    worker.cache.discard(copy.name)  # evicted, as a budget would after a while
+    again = load_data(settings, worker, dataset, spec, 0.2)  # type: ignore[arg-type]
+    assert not copy.exists(), "the decoded images were enough: nothing downloaded again"
+    assert torch.equal(again.train.images, first.train.images)
