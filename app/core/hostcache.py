@@ -9,7 +9,7 @@ evicting the least recently used entries first.
 Entries are the folder's top-level files and folders (flat names). An entry in use is
 never evicted:
 
-- a long use (decoding a dataset folder, reading a resume state) holds `use(name)`, a
+- a long use (decoding a dataset, the model a job starts from) holds `use(name)`, a
   shared `flock` on the entry's lock file; eviction takes the exclusive lock without
   waiting and skips the entry when it cannot, across every process of the host;
 - a short use that only needs a path (a download the API streams) is covered by recency:
@@ -39,10 +39,14 @@ LOCKS = ".locks"  # one empty lock file per entry name; they stay (a few bytes e
 log = logging.getLogger(__name__)
 
 
+def _decoded_prefix(dataset_id: str) -> str:
+    return f"decoded-{dataset_id}-"
+
+
 def decoded_entry(dataset_id: str, image_size: int) -> str:
     """The entry name of a dataset's images decoded at `image_size` (before the decoder's
     version, which worker.training.data.cache_file adds)."""
-    return f"decoded-{dataset_id}-{image_size}px.npy"
+    return f"{_decoded_prefix(dataset_id)}{image_size}px.npy"
 
 
 # Bytes of folder entries by (path, inode): an entry never changes once in place (stored
@@ -150,33 +154,36 @@ class HostCache:
         return evicted
 
     def discard(self, name: str) -> None:
-        """Remove the entry now (its object was deleted), once no process holds it."""
-        self._drop(name, wait=True)
+        """Remove the entry now (its object was deleted), unless a process holds it.
+
+        A held entry is left to age out: the caller (an API request) never waits for a
+        reader, and nothing asks for a deleted object's copy again.
+        """
+        self._drop(name, recent_too=True)
 
     def discard_decoded(self, dataset_id: str) -> None:
         """Remove every decoded-images entry of a deleted dataset, whatever its size."""
-        prefix = decoded_entry(dataset_id, 0).removesuffix("0px.npy")
         for _, _, name in self.entries():
-            if name.startswith(prefix):
+            if name.startswith(_decoded_prefix(dataset_id)):
                 self.discard(name)
 
     def _evict(self, name: str) -> bool:
         """Remove the entry unless a process holds it or used it since it was listed."""
-        return self._drop(name, wait=False)
+        return self._drop(name, recent_too=False)
 
-    def _drop(self, name: str, *, wait: bool) -> bool:
+    def _drop(self, name: str, *, recent_too: bool) -> bool:
         lock = self.root / LOCKS / name
         lock.parent.mkdir(parents=True, exist_ok=True)
         with lock.open("a") as fh:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False
             try:
                 used = os.stat(self.path(name)).st_mtime
             except FileNotFoundError:
                 return False
-            if not wait and used >= time.time() - self.grace_s:
+            if not recent_too and used >= time.time() - self.grace_s:
                 return False
             # Renamed away first, under the lock: a reader never finds half an entry.
             doomed = self.scratch(name)
