@@ -213,6 +213,11 @@ NOTES = """
   0.59 s in run 20 (ratio 1.25, steps 1.21×, core 9.1 s), an hour when the same host's API
   served half run 19's requests a second; 20 minutes later a run of the service rows alone
   gave 0.42 s (ratio 1.15, steps 1.12×; the API back at 395 req/s, p99 16.7 ms).
+  On an AVX2 EPYC (2026-12-02 09:00) the service rows gave 1.21 (steps 1.19×, own 0.50 s,
+  core 9.9 s). Beside it, in alternated pairs, neither the training child's priority (nice
+  10 against 0: 1.13 against 1.11) nor the client's polling (every 0.25 s against every
+  2 s: 1.13 against 1.12) moved the ratio beyond the noise, and in-process the reporter's
+  background writes made steps 1.035× and 1.08× slower in two runs (4 and 5 rounds).
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it
