@@ -124,7 +124,7 @@ def load_data(
             with storage.hold(dataset.storage_key) as root:
                 paths = [root / e["file"] for e in entries]
                 images = cached_images(base, paths, spec.image_size, settings.decode_threads)
-            cache.trim(keep=decoded.name)
+            cache.trim()  # what this job holds (its decoded images) stays
     index = {name: i for i, name in enumerate(dataset.classes)}
     full = ImageSet(images, torch.tensor([index[e["label"]] for e in entries], dtype=torch.long))
     split = torch.tensor([SPLITS[e["split"]] for e in entries])
