@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 GRACE_S = 300.0
 LOCKS = ".locks"  # one empty lock file per entry name; they stay (a few bytes each)
@@ -111,9 +112,7 @@ class HostCache:
         The entry may not exist yet: the block can make it, and it is then held as well.
         """
         path = self.path(name)
-        lock = self.root / LOCKS / name
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with lock.open("a") as fh:
+        with self._lock_file(name) as fh:
             fcntl.flock(fh, fcntl.LOCK_SH)
             self.touch(name)
             try:
@@ -121,6 +120,12 @@ class HostCache:
             finally:
                 self.touch(name)
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _lock_file(self, name: str) -> IO[str]:
+        """The entry's lock file, opened (it is made on first use and then stays)."""
+        lock = self.root / LOCKS / self.path(name).name
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        return lock.open("a")
 
     def entries(self) -> list[tuple[float, int, str]]:
         """(last use, bytes, name) of every entry, least recently used first."""
@@ -163,18 +168,16 @@ class HostCache:
 
     def discard_decoded(self, dataset_id: str) -> None:
         """Remove every decoded-images entry of a deleted dataset, whatever its size."""
-        for _, _, name in self.entries():
-            if name.startswith(_decoded_prefix(dataset_id)):
-                self.discard(name)
+        # By name alone: sizing the entries (walking cached folders) is not needed here.
+        for path in self.root.glob(f"{_decoded_prefix(dataset_id)}*"):
+            self.discard(path.name)
 
     def _evict(self, name: str) -> bool:
         """Remove the entry unless a process holds it or used it since it was listed."""
         return self._drop(name, recent_too=False)
 
     def _drop(self, name: str, *, recent_too: bool) -> bool:
-        lock = self.root / LOCKS / name
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with lock.open("a") as fh:
+        with self._lock_file(name) as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -137,7 +137,7 @@ def test_copies_beyond_the_budget_are_evicted_least_recently_used_first(
     os.utime(used, (2, 2))
     with b.hold("models/used/w.bin") as held:  # in use: kept, though the oldest
         os.utime(held, (0, 0))
-        new = b.local("models/new/w.bin")  # 11 kB > 8000: the oldest unheld copy goes
+        new = b.local("models/new/w.bin")  # 10 kB > 8000: the oldest unheld copy goes
         assert held.exists() and new.exists()
     assert not old.exists()
     assert b.local("models/old/w.bin").read_bytes() == b"old" * 1000  # downloaded again

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from safetensors.torch import load
 
+from app.core.storage import RemoteStorage
 from tests.integration.conftest import Digits
 from tests.integration.storage.conftest import S3
 from tests.support.client import upload, wait_exports, wait_job
@@ -97,5 +98,5 @@ def test_upload_train_export_and_download_through_s3(
     # Nothing was stored on local disks: only each host's download cache holds copies.
     for root in hosts.values():
         assert not (root / "artifacts").exists()
-    copy = f"stored-datasets%2F{dataset['id']}"
+    copy = RemoteStorage.entry(f"datasets/{dataset['id']}")
     assert (hosts["gpu"] / "work" / "cache" / copy).is_dir()
