@@ -17,12 +17,17 @@ from app.core.db import forget_inherited_connections, get_sessionmaker
 from app.core.models import Worker, utcnow
 from app.core.queue import TRAIN_TASK
 from app.core.reaper import reap
+from app.core.storage import host_cache
 
 log = logging.getLogger(__name__)
 
 
 class Beacon:
-    """In the worker's main process: report liveness and run the reaper every interval."""
+    """In the worker's main process: report liveness and run the reaper every interval.
+
+    It first brings the host cache within its budget, which a restart may have lowered
+    (off Celery's start-up path: sizing a cache of large datasets walks their files).
+    """
 
     def __init__(self, queues: str) -> None:
         self.settings = get_settings()
@@ -52,6 +57,10 @@ class Beacon:
             reap(session, self.settings)
 
     def _run(self) -> None:
+        try:
+            host_cache(self.settings).trim()
+        except OSError:
+            log.warning("could not trim the host cache", exc_info=True)
         while True:
             try:
                 self.beat()

@@ -21,6 +21,11 @@ the next job decodes again.
 
 The budget can be exceeded by what is in use (the dataset and decoded images of the job
 starting now); nothing else stays once it would be.
+
+Entries are made under dot names and renamed into place, so a process killed while making
+one leaves a dot-named file that nothing will ever read: `trim` removes those once they
+have not changed for `STALE_SCRATCH_S` (one being written changes all the time). Workers
+and the API trim at start-up too, so a budget lowered by a restart applies at once.
 """
 
 import contextlib
@@ -35,6 +40,10 @@ from pathlib import Path
 from typing import IO
 
 GRACE_S = 300.0
+# A half-made entry untouched this long belongs to a process that died making it. Writers
+# change their file as they go (a download streams, decoding fills a memory map page by
+# page), so one still in progress never looks this old.
+STALE_SCRATCH_S = 3600.0
 LOCKS = ".locks"  # one empty lock file per entry name; they stay (a few bytes each)
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,21 @@ def _size(item: os.DirEntry[str]) -> int:
                     total += os.stat(os.path.join(folder, name)).st_size
         _folder_sizes[key] = total
     return _folder_sizes[key]
+
+
+def _changed_since(path: Path, since: float) -> bool:
+    """Whether the file, or anything under the folder, was modified after `since`."""
+    if path.stat().st_mtime >= since:
+        return True
+    if not path.is_dir() or path.is_symlink():
+        return False
+    # A download writes class folders' files deep down: the top folder's time stays put.
+    for folder, _, files in os.walk(path):
+        for name in [".", *files]:
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(os.path.join(folder, name)).st_mtime >= since:
+                    return True
+    return False
 
 
 def remove(path: Path) -> None:
@@ -143,8 +167,9 @@ class HostCache:
     def trim(self, keep: str | None = None) -> list[str]:
         """Evict least recently used entries (never `keep`) until the cache fits its budget.
 
-        Returns the names evicted.
+        Returns the names evicted. Stale half-made entries go as well (module docstring).
         """
+        self._sweep_scratch()
         entries = self.entries()
         total = sum(size for _, size, _ in entries)
         evicted: list[str] = []
@@ -157,6 +182,17 @@ class HostCache:
                 evicted.append(name)
                 log.info("cache entry %s evicted (%d bytes; %d bytes left)", name, size, total)
         return evicted
+
+    def _sweep_scratch(self) -> None:
+        stale = time.time() - STALE_SCRATCH_S
+        with contextlib.suppress(FileNotFoundError):
+            for item in os.scandir(self.root):
+                if not item.name.startswith(".") or item.name == LOCKS:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if not _changed_since(Path(item.path), stale):
+                        log.info("removing %s, left half-made by a process that ended", item.name)
+                        remove(Path(item.path))
 
     def discard(self, name: str) -> None:
         """Remove the entry now (its object was deleted), unless a process holds it.

@@ -3,11 +3,12 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from app.core.hostcache import HostCache
+from app.core.hostcache import STALE_SCRATCH_S, HostCache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +62,31 @@ def test_dot_names_are_never_entries(tmp_path: Path) -> None:
     for bad in ("", "a/b", ".hidden"):
         with pytest.raises(ValueError, match="invalid cache entry"):
             cache.path(bad)
+
+
+def test_half_made_entries_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    cache = HostCache(tmp_path, max_bytes=2**30)
+    old = time.time() - STALE_SCRATCH_S - 60
+    abandoned = cache.scratch("stored-a")  # a download killed mid-way
+    (abandoned / "class0").mkdir(parents=True)
+    (abandoned / "class0" / "0.png").write_bytes(b"png")
+    decoding = tmp_path / ".decoded-x-32px-d1.npy.123.tmp"  # a decode killed mid-way
+    decoding.write_bytes(b"npy")
+    slow = cache.scratch("stored-b")  # a slow download: only a file deep down is fresh
+    (slow / "class0").mkdir(parents=True)
+    (slow / "class0" / "0.png").write_bytes(b"png")
+    for path in (abandoned, abandoned / "class0", abandoned / "class0" / "0.png", decoding):
+        os.utime(path, (old, old))
+    for path in (slow, slow / "class0"):
+        os.utime(path, (old, old))
+    fresh = cache.scratch("stored-c")
+    fresh.write_bytes(b"being written")
+    with cache.use("kept"):  # makes the lock folder, which is never swept
+        pass
+    os.utime(tmp_path / ".locks", (old, old))
+    assert cache.trim() == []  # within budget: sweeping is not evicting
+    assert not abandoned.exists() and not decoding.exists()
+    assert slow.exists() and fresh.exists() and (tmp_path / ".locks" / "kept").exists()
 
 
 HOLDER = """
