@@ -59,7 +59,7 @@ class Beacon:
     def _run(self) -> None:
         try:
             host_cache(self.settings).trim()
-        except OSError:
+        except Exception:  # whatever goes wrong here, the heartbeats below must still run
             log.warning("could not trim the host cache", exc_info=True)
         while True:
             try:
