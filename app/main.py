@@ -19,7 +19,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.logs import RequestIdMiddleware
 from app.core.reaper import reap
-from app.core.storage import get_storage, host_cache
+from app.core.storage import get_storage, tidy_host
 from app.datasets.router import router as datasets_router
 from app.jobs.router import router as jobs_router
 from app.models.inference import BatchPolicy, ModelCache
@@ -68,8 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.warm_up = threading.Thread(target=_warm_up, name="warm-up", daemon=True)
         app.state.warm_up.start()
         await run_in_threadpool(_reap_once, resolved)
-        # A budget lowered by this restart applies now, not at the next download.
-        await run_in_threadpool(host_cache(resolved).trim)
+        await run_in_threadpool(tidy_host, resolved)
         yield
 
     app = FastAPI(

@@ -17,7 +17,7 @@ from app.core.db import forget_inherited_connections, get_sessionmaker
 from app.core.models import Worker, utcnow
 from app.core.queue import TRAIN_TASK
 from app.core.reaper import reap
-from app.core.storage import host_cache
+from app.core.storage import tidy_host
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 class Beacon:
     """In the worker's main process: report liveness and run the reaper every interval.
 
-    It first brings the host cache within its budget, which a restart may have lowered
-    (off Celery's start-up path: sizing a cache of large datasets walks their files).
+    It first tidies the host's scratch space (app.core.storage.tidy_host), off Celery's
+    start-up path: sizing a cache of large datasets walks their files.
     """
 
     def __init__(self, queues: str) -> None:
@@ -58,9 +58,9 @@ class Beacon:
 
     def _run(self) -> None:
         try:
-            host_cache(self.settings).trim()
+            tidy_host(self.settings)
         except Exception:  # whatever goes wrong here, the heartbeats below must still run
-            log.warning("could not trim the host cache", exc_info=True)
+            log.warning("could not tidy the host's scratch space", exc_info=True)
         while True:
             try:
                 self.beat()

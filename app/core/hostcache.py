@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -93,6 +93,22 @@ def _changed_since(path: Path, since: float) -> bool:
                 if os.stat(os.path.join(folder, name)).st_mtime >= since:
                     return True
     return False
+
+
+def sweep_stale(folder: Path, wanted: Callable[[str], bool] = lambda _: True) -> list[str]:
+    """Remove what processes killed while writing left in `folder`: its items (those
+    `wanted`, by name) that nothing changed for `STALE_SCRATCH_S`. Returns their names."""
+    stale, swept = time.time() - STALE_SCRATCH_S, []
+    with contextlib.suppress(FileNotFoundError):
+        for item in os.scandir(folder):
+            if not wanted(item.name):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if not _changed_since(Path(item.path), stale):
+                    log.info("removing %s, left half-made by a process that ended", item.path)
+                    remove(Path(item.path))
+                    swept.append(item.name)
+    return swept
 
 
 def remove(path: Path) -> None:
@@ -169,7 +185,7 @@ class HostCache:
 
         Returns the names evicted. Stale half-made entries go as well (module docstring).
         """
-        self._sweep_scratch()
+        sweep_stale(self.root, lambda name: name.startswith(".") and name != LOCKS)
         entries = self.entries()
         total = sum(size for _, size, _ in entries)
         evicted: list[str] = []
@@ -182,17 +198,6 @@ class HostCache:
                 evicted.append(name)
                 log.info("cache entry %s evicted (%d bytes; %d bytes left)", name, size, total)
         return evicted
-
-    def _sweep_scratch(self) -> None:
-        stale = time.time() - STALE_SCRATCH_S
-        with contextlib.suppress(FileNotFoundError):
-            for item in os.scandir(self.root):
-                if not item.name.startswith(".") or item.name == LOCKS:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    if not _changed_since(Path(item.path), stale):
-                        log.info("removing %s, left half-made by a process that ended", item.name)
-                        remove(Path(item.path))
 
     def discard(self, name: str) -> None:
         """Remove the entry now (its object was deleted), unless a process holds it.

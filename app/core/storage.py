@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from app.core.config import Settings
-from app.core.hostcache import HostCache, remove
+from app.core.hostcache import HostCache, remove, sweep_stale
 
 
 class Storage(Protocol):
@@ -260,6 +260,18 @@ def get_storage(settings: Settings) -> Storage:
 def host_cache(settings: Settings) -> HostCache:
     """This host's cache of decoded images and remote copies (`FINETUNE_CACHE_MAX_SIZE`)."""
     return HostCache(settings.work_dir / "cache", settings.cache_max_size)
+
+
+def tidy_host(settings: Settings) -> None:
+    """Start-up housekeeping of this host's scratch space (the API's and every worker's).
+
+    The host cache goes within its budget, which a restart may have lowered, and what a
+    process killed mid-write left goes too: an upload being received or extracted (up to
+    the archive limit, 10 GB and more), a checkpoint or export being staged for storage.
+    """
+    host_cache(settings).trim()
+    sweep_stale(settings.work_dir / "uploads")
+    sweep_stale(get_storage(settings).staging())
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
