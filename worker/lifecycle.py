@@ -57,10 +57,7 @@ class Beacon:
             reap(session, self.settings)
 
     def _run(self) -> None:
-        try:
-            tidy_host(self.settings)
-        except Exception:  # whatever goes wrong here, the heartbeats below must still run
-            log.warning("could not tidy the host's scratch space", exc_info=True)
+        tidy_host(self.settings)  # never raises
         while True:
             try:
                 self.beat()

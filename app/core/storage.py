@@ -19,6 +19,7 @@ host has read, within `FINETUNE_CACHE_MAX_SIZE` (app.core.hostcache).
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from urllib.parse import quote
 
 from app.core.config import Settings
 from app.core.hostcache import HostCache, remove, sweep_stale
+
+log = logging.getLogger(__name__)
 
 
 class Storage(Protocol):
@@ -268,10 +271,15 @@ def tidy_host(settings: Settings) -> None:
     The host cache goes within its budget, which a restart may have lowered, and what a
     process killed mid-write left goes too: an upload being received or extracted (up to
     the archive limit, 10 GB and more), a checkpoint or export being staged for storage.
+    A failure is logged, never raised: housekeeping must not keep a service from starting
+    (nor stop a worker's heartbeats, which run after it on the same thread).
     """
-    host_cache(settings).trim()
-    sweep_stale(settings.work_dir / "uploads")
-    sweep_stale(get_storage(settings).staging())
+    try:
+        host_cache(settings).trim()
+        sweep_stale(settings.work_dir / "uploads")
+        sweep_stale(get_storage(settings).staging())
+    except Exception:
+        log.warning("could not tidy this host's scratch space", exc_info=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

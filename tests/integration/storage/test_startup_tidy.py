@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import Settings
 from app.core.hostcache import STALE_SCRATCH_S
-from app.core.storage import get_storage, host_cache
+from app.core.storage import get_storage, host_cache, tidy_host
 from app.main import create_app
 from tests.support.processes import running, service_env, wait_for
 
@@ -87,3 +87,13 @@ def test_a_worker_tidies_the_host_at_start_up(tmp_path: Path, pg_url: str, redis
         wait_for(lambda: not paths["staged"].exists(), timeout=10, what="the sweep")
         assert_tidy(paths)
     assert "cache entry oldest evicted" in log.read_text()
+
+
+def test_tidying_that_fails_is_logged_and_start_up_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(data_dir=tmp_path / "var")
+    (settings.work_dir).mkdir(parents=True)
+    (settings.work_dir / "uploads").write_bytes(b"not a folder")  # scandir raises
+    tidy_host(settings)
+    assert "could not tidy this host's scratch space" in caplog.text
