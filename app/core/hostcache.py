@@ -95,10 +95,10 @@ def _changed_since(path: Path, since: float) -> bool:
     return False
 
 
-def sweep_stale(folder: Path, wanted: Callable[[str], bool] = lambda _: True) -> list[str]:
+def sweep_stale(folder: Path, wanted: Callable[[str], bool] = lambda _: True) -> None:
     """Remove what processes killed while writing left in `folder`: its items (those
-    `wanted`, by name) that nothing changed for `STALE_SCRATCH_S`. Returns their names."""
-    stale, swept = time.time() - STALE_SCRATCH_S, []
+    `wanted`, by name) that nothing changed for `STALE_SCRATCH_S`."""
+    stale = time.time() - STALE_SCRATCH_S
     with contextlib.suppress(FileNotFoundError):
         for item in os.scandir(folder):
             if not wanted(item.name):
@@ -107,8 +107,6 @@ def sweep_stale(folder: Path, wanted: Callable[[str], bool] = lambda _: True) ->
                 if not _changed_since(Path(item.path), stale):
                     log.info("removing %s, left half-made by a process that ended", item.path)
                     remove(Path(item.path))
-                    swept.append(item.name)
-    return swept
 
 
 def remove(path: Path) -> None:
