@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         """Scratch space: upload staging and decoded-image caches."""
         return self.data_dir / "work"
 
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploads are received and extracted, one folder each, before storage."""
+        return self.work_dir / "uploads"
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -276,7 +276,7 @@ def tidy_host(settings: Settings) -> None:
     """
     try:
         host_cache(settings).trim()
-        sweep_stale(settings.work_dir / "uploads")
+        sweep_stale(settings.uploads_dir)
         sweep_stale(get_storage(settings).staging())
     except Exception:
         log.warning("could not tidy this host's scratch space", exc_info=True)

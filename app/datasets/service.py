@@ -67,7 +67,7 @@ def create(
 ) -> Dataset:
     """Validate the whole archive, move its images into storage, then record the row."""
     dataset_id = new_id("ds")
-    staging = settings.work_dir / "uploads" / dataset_id
+    staging = settings.uploads_dir / dataset_id
     staging.mkdir(parents=True)
     key = f"datasets/{dataset_id}"
     try:
