@@ -9,12 +9,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.core.db import end_if_idle
 from app.core.models import Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -68,8 +71,16 @@ class Lease:
         if self.release_reason:
             raise AttemptInterrupted(self.release_reason)
 
-    def renew(self) -> bool:
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session for one of this attempt's writes: the database ends it (and frees the
+        job row) should this process freeze in it for a lease (app.core.db.end_if_idle)."""
         with self.sessions() as session:
+            end_if_idle(session, self.lease_s)
+            yield session
+
+    def renew(self) -> bool:
+        with self.transaction() as session:
             renewed = session.execute(
                 update(Job).where(*self.fence()).values(lease_expires_at=self.expiry())
             ).rowcount

@@ -77,7 +77,7 @@ class DatabaseReporter(FitCallbacks):
         """Run `change(session)` + commit as one fenced, retried transaction."""
 
         def attempt() -> None:
-            with self.sessions() as session:
+            with self.lease.transaction() as session:
                 change(session)
                 session.commit()
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core import logs, queue
 from app.core.config import Settings
-from app.core.db import get_sessionmaker
+from app.core.db import end_if_idle, get_sessionmaker
 from app.core.events import add_event
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, Tenant, utcnow
@@ -42,6 +42,7 @@ def claim(session: Session, settings: Settings, job_id: str) -> int | None:
     None also when the job's tenant already runs its maximum of jobs: the job stays queued
     and the reaper sends it again later.
     """
+    end_if_idle(session, settings.lease_s)  # it locks the job and tenant rows
     row = session.execute(
         select(Job.attempts, Job.tenant_id)
         .where(Job.id == job_id, Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
@@ -87,7 +88,7 @@ def claim(session: Session, settings: Settings, job_id: str) -> int | None:
 
 def _finish(lease: Lease, status: JobStatus, message: str, **values: Any) -> None:
     def write() -> None:
-        with lease.sessions() as session:
+        with lease.transaction() as session:
             if session.execute(
                 update(Job)
                 .where(*lease.fence())
@@ -107,7 +108,7 @@ def _release(settings: Settings, lease: Lease, reason: str) -> None:
     """Hand the job back (deploy, lost parent): another worker resumes it from its checkpoint."""
 
     def write() -> None:
-        with lease.sessions() as session:
+        with lease.transaction() as session:
             if session.execute(
                 update(Job)
                 .where(*lease.fence())
@@ -160,7 +161,7 @@ def _record_success(
     stale: list[str] = []
 
     def write() -> str | None:
-        with lease.sessions() as session:
+        with lease.transaction() as session:
             reporter.commit_final(session)
             best = session.scalar(
                 select(Checkpoint).where(

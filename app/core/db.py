@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Deterministic constraint names keep Alembic autogenerate diffs empty on every backend.
@@ -75,3 +75,21 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def end_if_idle(session: Session, seconds: float) -> None:
+    """Have PostgreSQL end this transaction if its client goes quiet for `seconds` between
+    statements, releasing the rows it locked.
+
+    For a worker's writes to a job row, with its lease as `seconds`: a process frozen
+    between an UPDATE and its COMMIT (SIGSTOP, a paused VM, a network partition) would
+    otherwise hold the row until it wakes, and every other writer of it (a user's cancel,
+    the reaper handing the job on) would wait as long. Such a transaction does no I/O
+    between statements, so only a process that lost its lease anyway goes quiet so long.
+    SQLite has no such setting: its writers are one host's processes.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT set_config('idle_in_transaction_session_timeout', :ms, true)"),
+            {"ms": str(max(1, round(seconds * 1000)))},
+        )

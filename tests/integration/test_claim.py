@@ -6,14 +6,15 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
 from app.core.ids import new_id
 from app.core.models import LOCAL_TENANT, Dataset, Job, JobEvent, JobStatus, Worker
-from app.jobs.service import queue_info
+from app.jobs.service import cancel, queue_info
 from tests.support.processes import wait_for
 from worker.lease import AttemptInterrupted, Lease
 from worker.runner import claim
@@ -118,6 +119,39 @@ def test_a_late_renewal_is_logged_and_a_lost_lease_stops_the_attempt(
             lease.check()
     finally:
         lease.stop()
+        with sessions() as session:
+            session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
+            session.execute(delete(Job).where(Job.id == job.id))
+            session.execute(delete(Dataset).where(Dataset.id == job.dataset_id))
+            session.commit()
+
+
+def test_a_worker_frozen_inside_a_write_does_not_hold_up_a_cancel(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """SIGSTOP, a paused VM or a partition can freeze a worker between an UPDATE of its job
+    row and the COMMIT: the database ends that transaction after a lease, so the user's
+    cancel (and the reaper) get the row instead of waiting for the worker to wake."""
+    settings = Settings(data_dir=tmp_path, database_url=pg_url)
+    sessions = get_sessionmaker(pg_url)
+    with sessions() as session:
+        job = _job(session, _dataset(session))
+        assert claim(session, settings, job.id) == 1
+    lease = Lease(sessions, job.id, 1, lease_s=0.5)  # its renewals are done by hand here
+    try:
+        with lease.transaction() as frozen:
+            renewed = frozen.execute(
+                update(Job).where(*lease.fence()).values(lease_expires_at=lease.expiry())
+            )
+            assert renewed.rowcount == 1  # the row is locked, and this "process" goes quiet
+            with sessions() as user:
+                user.execute(text("SET LOCAL lock_timeout = '10s'"))  # fail, don't hang
+                started = time.monotonic()
+                assert cancel(user, LOCAL_TENANT, job.id).cancel_requested
+                assert time.monotonic() - started < 5
+            with pytest.raises(DBAPIError, match="idle-in-transaction"):
+                frozen.commit()  # woken up: its write is gone, and retrying() tries again
+    finally:
         with sessions() as session:
             session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
             session.execute(delete(Job).where(Job.id == job.id))
