@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     requeue_grace_s: float = Field(5.0, ge=0, description="Age before a queued job counts as lost.")
     max_attempts: int = Field(3, ge=1, description="Crashed attempts before a job fails.")
     visibility_timeout_s: int = Field(3600, ge=1, description="Redis transport redelivery time.")
+    broker_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="A Redis broker silent this long counts as down: a send gives up (the "
+        "job stays queued and the reaper re-sends it) instead of waiting forever.",
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

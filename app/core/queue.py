@@ -58,9 +58,20 @@ def _producer(broker_url: str, queue: str, options: tuple[tuple[str, object], ..
 
 
 def get_producer(settings: Settings) -> Celery:
-    """A send-only Celery app (no task imports, so no torch in the API)."""
-    options = tuple(sorted(broker_options(settings).items()))
-    return _producer(settings.broker_url, settings.gpu_queue, options)
+    """A send-only Celery app (no task imports, so no torch in the API).
+
+    Every send and broker read of the service goes through it: the API's submits, cancels
+    and /readyz, the reaper's re-sends, the workers' export requests. Redis paused or cut off
+    without closing its connections answers nothing, and redis-py, with no socket timeout,
+    waits for its reply forever: each submit or probe would hold one of the API's threads
+    until none was left, and the reaper would stop. With `broker_timeout_s` a send fails as
+    it does when Redis is down, which the job rows already survive.
+    """
+    options = broker_options(settings)
+    if not settings.embedded_broker:
+        timeout = settings.broker_timeout_s
+        options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return _producer(settings.broker_url, settings.gpu_queue, tuple(sorted(options.items())))
 
 
 def enqueue(settings: Settings, job_id: str) -> None:

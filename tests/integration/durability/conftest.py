@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +79,16 @@ class PrivateRedis:
 
     def flushall(self) -> None:
         redis.Redis.from_url(self.url).flushall()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Redis frozen (SIGSTOP): connections stay open and nothing answers, as in a partition."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
 
 @dataclass

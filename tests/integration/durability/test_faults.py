@@ -124,6 +124,28 @@ def test_redis_flushed_mid_job_and_down_at_submit(cluster: Cluster) -> None:
     assert job["attempts"] == 1, cluster.lease_log(down_id)
 
 
+def test_a_silent_redis_holds_up_no_request_and_loses_no_job(cluster: Cluster) -> None:
+    """Redis frozen with its connections open answers nothing: the API must not wait forever.
+
+    Without a socket timeout each submit and each /readyz probe held an API thread for as
+    long as Redis stayed silent, and the workers' reaper stopped in the middle of a round.
+    """
+    cluster.worker()
+    with cluster.redis.paused():
+        started = time.monotonic()
+        job_id = submit(cluster)  # 202: the row is the truth, the send gives up
+        submitted = time.monotonic() - started
+        ready = cluster.client.get("/readyz")
+        probed = time.monotonic() - started - submitted
+        assert cluster.client.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+    assert submitted < 10, submitted
+    assert probed < 10, probed
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["checks"]["broker"].startswith("failing"), ready.json()
+    job = assert_clean_history(cluster, job_id)  # re-sent by the reaper once Redis answers
+    assert job["attempts"] == 1, cluster.lease_log(job_id)
+
+
 def test_postgres_connections_killed_mid_job(cluster: Cluster) -> None:
     cluster.worker(faults=SLOW)
     job_id = submit(cluster)
