@@ -78,14 +78,21 @@ def _resend_lost(session: Session, settings: Settings, report: ReapReport) -> No
     candidates = list(session.scalars(stmt))
     if not candidates:
         return
+    session.rollback()  # nothing is held open while the broker is asked
     held = queue.pending_job_ids(settings)
     for job_id in candidates:
         if job_id in held:
             continue
         queue.enqueue(settings, job_id)
-        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+        # Committed one by one: the row stays locked only for its own update, never while
+        # the next send waits on a slow broker (a cancel or a claim of it would wait too).
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(enqueued_at=utcnow())
+        )
+        session.commit()
         report.resent.append(job_id)
-    session.commit()
 
 
 def reap(session: Session, settings: Settings) -> ReapReport:
