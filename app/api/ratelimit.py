@@ -22,9 +22,17 @@ log = logging.getLogger(__name__)
 
 
 def create_limiter(settings: Settings) -> MovingWindowRateLimiter:
-    """The app's limiter (made at startup): Redis-backed when the broker is Redis."""
-    uri = "memory://" if settings.embedded_broker else settings.broker_url
-    return MovingWindowRateLimiter(storage_from_string(uri))
+    """The app's limiter (made at startup): Redis-backed when the broker is Redis.
+
+    Redis silent for `broker_timeout_s` fails the count open, as Redis down does.
+    """
+    if settings.embedded_broker:
+        return MovingWindowRateLimiter(storage_from_string("memory://"))
+    timeout = settings.broker_timeout_s
+    storage = storage_from_string(
+        settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    return MovingWindowRateLimiter(storage)
 
 
 def check(limiter: MovingWindowRateLimiter, tenant: str, action: str, rule: str) -> None:
