@@ -39,6 +39,22 @@ _ENGINES: dict[str, Engine] = {}
 # and then kept, so an idle worker still holds one or two.
 POOL = {"pool_size": 20, "max_overflow": 20}
 
+# libpq settings of every PostgreSQL connection. A server that accepts TCP but answers
+# nothing (frozen, a dead host behind a proxy) kept a connect waiting forever, and with it
+# /readyz, any request that needed a new pooled connection, a worker's lease renewal:
+# `connect_timeout` ends that. A host that vanishes without a reset (a failover, a
+# partition) left established connections waiting for the kernel's ~15 minutes of
+# retransmissions; keepalives notice an idle one, `tcp_user_timeout` (ms) one whose writes
+# go unacknowledged, each in about a minute, and the pool's pre-ping replaces it.
+PG_CONNECT = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
 
 def get_engine(url: str) -> Engine:
     """One pooled engine per database URL and process."""
@@ -48,7 +64,7 @@ def get_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"check_same_thread": False}, **POOL)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, **POOL)
+            engine = create_engine(url, pool_pre_ping=True, connect_args=PG_CONNECT, **POOL)
         _ENGINES[url] = engine
     return engine
 

@@ -1,9 +1,13 @@
 """Probes, OpenAPI completeness and problem+json for every kind of error."""
 
 import gc
+import socket
 import sys
 import threading
+import time
+from pathlib import Path
 
+import httpx
 from alembic.script import ScriptDirectory
 from fastapi.testclient import TestClient
 from sqlalchemy import text
@@ -80,6 +84,26 @@ def test_readyz_reports_a_dead_database(tmp_path) -> None:  # type: ignore[no-un
     assert response.status_code == 503 and response.json()["checks"]["database"].startswith(
         "failing"
     )
+
+
+def test_readyz_reports_a_database_that_answers_nothing(tmp_path: Path) -> None:
+    """A server that accepts connections and stays silent (frozen, a dead host behind a
+    proxy) is reported failing after the connect timeout, not waited for forever."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    port = silent.getsockname()[1]
+    settings = Settings(
+        data_dir=tmp_path, database_url=f"postgresql+psycopg://x@127.0.0.1:{port}/x"
+    )
+    answers: list[httpx.Response] = []
+    with silent, TestClient(create_app(settings)) as client:
+        probe = threading.Thread(target=lambda: answers.append(client.get("/readyz")), daemon=True)
+        started = time.monotonic()
+        probe.start()
+        probe.join(60)
+        assert answers, "/readyz still waiting on the silent database after 60 s"
+    assert time.monotonic() - started < 30
+    assert answers[0].status_code == 503
+    assert answers[0].json()["checks"]["database"].startswith("failing")
 
 
 def test_openapi_documents_every_route_with_problems(client: TestClient) -> None:
