@@ -218,6 +218,9 @@ NOTES = """
   10 against 0: 1.13 against 1.11) nor the client's polling (every 0.25 s against every
   2 s: 1.13 against 1.12) moved the ratio beyond the noise, and in-process the reporter's
   background writes made steps 1.035× and 1.08× slower in two runs (4 and 5 rounds).
+  On an Intel Xeon with AVX512 but no bf16 (Ice Lake flags; 2026-12-02 15:35, the overhead
+  row alone, same spec) the ratio was 1.00 over 4 pairs (0.85-1.31) and 1.09 over 8 right
+  after (0.98-1.28; steps 1.07×, own 0.40 s, CPU ratio 1.08, core 11.9 s).
 - API latency is measured two ways. The target row offers 100 requests/s on an open loop
   (the load of a hundred clients polling their job once a second): each request has a due
   time and its latency counts from it, so a stalled server is charged for every request it
