@@ -60,7 +60,7 @@ def _producer(broker_url: str, queue: str, options: tuple[tuple[str, object], ..
 def get_producer(settings: Settings) -> Celery:
     """A send-only Celery app (no task imports, so no torch in the API).
 
-    Every send and broker read of the service goes through it: the API's submits, cancels
+    Every send and broker read of the service goes through it: the API's submits, retries
     and /readyz, the reaper's re-sends, the workers' export requests. Redis paused or cut off
     without closing its connections answers nothing, and redis-py, with no socket timeout,
     waits for its reply forever: each submit or probe would hold one of the API's threads
