@@ -52,7 +52,10 @@ async def storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Closed as soon as the endpoint has built its response, before the body is sent: a
+# download or an SSE stream would otherwise hold a pooled connection, idle in a
+# transaction, for as long as the client takes to read it (hours for a job's events).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StorageDep = Annotated[Storage, Depends(storage)]
 
 

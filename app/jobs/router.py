@@ -148,11 +148,6 @@ def list_events(
 ) -> Any:
     if "text/event-stream" in request.headers.get("accept", ""):
         service.get(session, tenant, job_id)  # 404 for a missing or another tenant's job
-        # The request's session would stay open until the stream ends, hours for a training
-        # job: one pooled connection idle in a transaction per watcher (the pool ran dry at
-        # 40, and the table lock it held would stall a migration). The stream polls with
-        # sessions of its own.
-        session.close()
         resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
         return event_stream(settings.database_url, job_id, resume or 0)
     rows = service.events(session, tenant, job_id, after, limit)
