@@ -36,19 +36,28 @@ def create_key(session: Session, tenant_name: str) -> tuple[str, Tenant]:
 
 
 def tenant_for_key(session: Session, key: str) -> str | None:
-    """The tenant id of a valid, unrevoked key, else None."""
+    """The tenant id of a valid, unrevoked key, else None.
+
+    Leaves no transaction open: it runs before a request's own work, which may take minutes
+    without touching the database (an upload received and checked, an export made), and an
+    open read would hold a pooled connection idle in a transaction all along.
+    """
     parts = key.split("_")
     if len(parts) < 3 or parts[0] != "ft":
         return None
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.prefix == parts[1], ApiKey.revoked_at.is_(None))
-    )
-    if row is None or not hmac.compare_digest(row.key_hash, _hash(key)):
-        return None
-    now = utcnow()
-    # A write per request would contend with the workers' writes (SQLite has one writer):
-    # last use is recorded to the minute.
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-        session.commit()
-    return row.tenant_id
+    try:
+        row = session.scalar(
+            select(ApiKey).where(ApiKey.prefix == parts[1], ApiKey.revoked_at.is_(None))
+        )
+        if row is None or not hmac.compare_digest(row.key_hash, _hash(key)):
+            return None
+        tenant_id, now = row.tenant_id, utcnow()
+        # A write per request would contend with the workers' writes (SQLite has one writer):
+        # last use is recorded to the minute.
+        if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+            session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+            session.commit()
+        return tenant_id
+    finally:
+        if session.in_transaction():
+            session.rollback()

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import get_session
 from app.core.config import Settings
-from app.core.keys import create_key
+from app.core.db import get_sessionmaker
+from app.core.ids import new_id
+from app.core.keys import create_key, tenant_for_key
 from app.core.models import Checkpoint, Dataset
 from app.core.storage import get_storage
 from app.main import create_app
@@ -101,3 +103,19 @@ def test_job_submissions_are_rate_limited_per_tenant(
         refused = client.post("/v1/jobs", json=body)
     assert codes[2] == 429 and refused.status_code == 429
     assert refused.json()["code"] == "rate_limited" and int(refused.headers["retry-after"]) >= 1
+
+
+def test_a_key_lookup_leaves_no_transaction_open(pg_url: str) -> None:
+    """It runs before a request's own work, which may take minutes away from the database
+    (an upload received and checked): an open read would keep its connection idle in a
+    transaction all along."""
+    sessions = get_sessionmaker(pg_url)
+    with sessions() as session:
+        key, tenant = create_key(session, f"lookup-{new_id('t')}")
+        session.commit()
+    with sessions() as session:
+        for _ in range(2):  # the first records the key's last use; the second only reads
+            assert tenant_for_key(session, key) == tenant.id
+            assert not session.in_transaction()
+        assert tenant_for_key(session, key[:-1]) is None  # a known prefix, a wrong secret
+        assert not session.in_transaction()
