@@ -25,28 +25,16 @@ REDIS = os.environ.get("FINETUNE_BENCH_REDIS", "redis://127.0.0.1:6379/12")
 @contextlib.contextmanager
 def bench_database() -> Iterator[str | None]:
     """A fresh, migrated Postgres database for the Redis + Postgres rows (None if unreachable)."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
 
-    from app.core.migrate import upgrade
+    from tests.support.databases import fresh_database
 
-    name = f"finetune_bench_{os.getpid()}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception:
-        yield None
-        return
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        upgrade(url)
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(fresh_database(PG_ADMIN, f"finetune_bench_{os.getpid()}"))
+        except OperationalError:  # no Postgres here: those rows are left out
+            url = None
         yield url
-    finally:
-        from app.core.db import get_engine
-
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -9,8 +9,9 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_ADMIN_URL, fresh_database
+from tests.conftest import PG_ADMIN_URL
 from tests.support.client import upload
+from tests.support.databases import fresh_database
 from tests.support.images import digit_members, write_zip
 from tests.support.processes import free_port, running, service_env, wait_http
 
@@ -38,7 +39,7 @@ def test_more_watchers_than_pooled_connections_leave_the_api_answering(tmp_path:
     """Each stream kept its request's session, and with it a connection idle in a
     transaction, until the stream ended: the 41st watcher waited for the pool, and so did
     every other request. A database of its own: no worker of another test takes the job."""
-    with fresh_database(f"finetune_sse_{os.getpid()}") as url:
+    with fresh_database(PG_ADMIN_URL, f"finetune_sse_{os.getpid()}") as url:
         env = service_env(data_dir=str(tmp_path / "var"), database_url=url)
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
