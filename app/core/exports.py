@@ -87,6 +87,10 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
         raise Invalid(
             f"unknown format {fmt!r}; one of safetensors, onnx, torchscript", code="format_unknown"
         )
+    # End the read that loaded `model` (expire_on_commit=False keeps it loaded): a build
+    # takes seconds, more behind another one, and must not keep a pooled connection idle
+    # in a transaction meanwhile.
+    session.commit()
     with _lock:
         if fmt in model.exports and storage.exists(model.exports[fmt]["storage_key"]):
             return model.exports[fmt]

@@ -1,8 +1,18 @@
-"""The connection pool keeps what concurrent requests opened instead of closing it again."""
+"""Pooled connections: kept once opened, and never left idle in a transaction during work."""
+
+import threading
+import time
+from pathlib import Path
 
 from sqlalchemy import text
 
+from app.core.config import Settings
 from app.core.db import POOL, get_sessionmaker
+from app.core.exports import ensure_export
+from app.core.ids import new_id
+from app.core.models import LOCAL_TENANT, Dataset, Model
+from app.core.storage import get_storage
+from tests.support.factories import make_model
 
 
 def test_connections_of_a_burst_stay_pooled(pg_url: str) -> None:
@@ -16,3 +26,52 @@ def test_connections_of_a_burst_stay_pooled(pg_url: str) -> None:
         session.close()
     assert burst <= POOL["pool_size"]
     assert pool.checkedin() >= burst  # a closed-again connection would be missing here
+
+
+def test_an_export_is_built_outside_any_transaction(pg_url: str, tmp_path: Path) -> None:
+    """A build takes seconds; the read that found the model must not stay open through it."""
+    sessions = get_sessionmaker(pg_url)
+    storage = get_storage(Settings(data_dir=tmp_path, database_url=pg_url))
+    with sessions() as session:
+        dataset = Dataset(
+            id=new_id("ds"),
+            tenant_id=LOCAL_TENANT,
+            name="exports",
+            num_images=0,
+            classes=["a", "b"],
+            class_counts={},
+            splits={},
+            size_bytes=0,
+            sha256="0" * 64,
+            storage_key="datasets/none",
+        )
+        session.add(dataset)
+        session.commit()
+        model = make_model(session, storage, {"id": dataset.id, "classes": dataset.classes})
+    with sessions() as session:
+        model = session.get(Model, model.id)
+        assert model is not None
+        pid = session.scalar(text("SELECT pg_backend_pid()"))  # this read's connection
+        states: list[str] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            with get_sessionmaker(pg_url)() as observer:
+                while not done.is_set():
+                    state = observer.scalar(
+                        text("SELECT state FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+                    )
+                    observer.rollback()
+                    states.append(state)
+                    time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            record = ensure_export(session, model, storage, "torchscript")
+        finally:
+            done.set()
+            watcher.join()
+    assert record["size_bytes"] > 0
+    assert len(states) > 5, states  # the build lasted long enough to be watched
+    assert "idle in transaction" not in states, states
