@@ -15,29 +15,10 @@ from app.core.db import get_sessionmaker
 from app.core.ids import new_id
 from app.core.models import LOCAL_TENANT, Dataset, Job, JobEvent, JobStatus, Worker
 from app.jobs.service import cancel, queue_info
+from tests.support.factories import make_dataset_row
 from tests.support.processes import wait_for
 from worker.lease import AttemptInterrupted, Lease
 from worker.runner import claim
-
-
-def _dataset(session: Session) -> Dataset:
-    row = Dataset(
-        id=new_id("ds"),
-        tenant_id=LOCAL_TENANT,
-        name="d",
-        num_images=2,
-        classes=["a", "b"],
-        class_counts={"a": 1, "b": 1},
-        splits={"train": 2},
-        size_bytes=1,
-        sha256="0" * 64,
-        warnings=[],
-        report={},
-        storage_key="datasets/x",
-    )
-    session.add(row)
-    session.flush()
-    return row
 
 
 def _job(session: Session, dataset: Dataset, status: JobStatus = JobStatus.queued) -> Job:
@@ -57,7 +38,7 @@ def _job(session: Session, dataset: Dataset, status: JobStatus = JobStatus.queue
 
 def test_claim_has_one_winner(db_session: Session, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, max_running_jobs_per_tenant=5)
-    job = _job(db_session, _dataset(db_session))
+    job = _job(db_session, make_dataset_row(db_session))
     assert claim(db_session, settings, job.id) == 1
     assert claim(db_session, settings, job.id) is None  # already running: nobody else wins
     db_session.refresh(job)
@@ -66,7 +47,7 @@ def test_claim_has_one_winner(db_session: Session, tmp_path: Path) -> None:
 
 def test_a_tenant_at_its_cap_waits_and_is_told_why(db_session: Session, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, max_running_jobs_per_tenant=1)
-    dataset = _dataset(db_session)
+    dataset = make_dataset_row(db_session)
     _job(db_session, dataset, JobStatus.running)
     waiting = _job(db_session, dataset)
     assert claim(db_session, settings, waiting.id) is None
@@ -103,7 +84,7 @@ def test_a_late_renewal_is_logged_and_a_lost_lease_stops_the_attempt(
     settings = Settings(data_dir=tmp_path, database_url=pg_url)
     sessions = get_sessionmaker(pg_url)
     with sessions() as session:
-        job = _job(session, _dataset(session))
+        job = _job(session, make_dataset_row(session))
         assert claim(session, settings, job.id) == 1
     lease = _SlowFirstRenewal(sessions, job.id, 1, lease_s=0.6).start()
     try:
@@ -135,7 +116,7 @@ def test_a_worker_frozen_inside_a_write_does_not_hold_up_a_cancel(
     settings = Settings(data_dir=tmp_path, database_url=pg_url)
     sessions = get_sessionmaker(pg_url)
     with sessions() as session:
-        job = _job(session, _dataset(session))
+        job = _job(session, make_dataset_row(session))
         assert claim(session, settings, job.id) == 1
     lease = Lease(sessions, job.id, 1, lease_s=0.5)  # its renewals are done by hand here
     try:

@@ -9,10 +9,9 @@ from sqlalchemy import text
 from app.core.config import Settings
 from app.core.db import POOL, get_sessionmaker
 from app.core.exports import ensure_export
-from app.core.ids import new_id
-from app.core.models import LOCAL_TENANT, Dataset, Model
+from app.core.models import Model
 from app.core.storage import get_storage
-from tests.support.factories import make_model
+from tests.support.factories import make_dataset_row, make_model
 
 
 def test_connections_of_a_burst_stay_pooled(pg_url: str) -> None:
@@ -33,19 +32,7 @@ def test_an_export_is_built_outside_any_transaction(pg_url: str, tmp_path: Path)
     sessions = get_sessionmaker(pg_url)
     storage = get_storage(Settings(data_dir=tmp_path, database_url=pg_url))
     with sessions() as session:
-        dataset = Dataset(
-            id=new_id("ds"),
-            tenant_id=LOCAL_TENANT,
-            name="exports",
-            num_images=0,
-            classes=["a", "b"],
-            class_counts={},
-            splits={},
-            size_bytes=0,
-            sha256="0" * 64,
-            storage_key="datasets/none",
-        )
-        session.add(dataset)
+        dataset = make_dataset_row(session)
         session.commit()
         model = make_model(session, storage, {"id": dataset.id, "classes": dataset.classes})
     with sessions() as session:

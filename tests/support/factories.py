@@ -4,10 +4,31 @@ from sqlalchemy.orm import Session
 from torchvision import models
 
 from app.core.ids import new_id
-from app.core.models import LOCAL_TENANT, Checkpoint, Job, JobStatus, Model, utcnow
+from app.core.models import LOCAL_TENANT, Checkpoint, Dataset, Job, JobStatus, Model, utcnow
 from app.core.storage import Storage, sha256_file
 from worker.training.checkpoint import save_weights, weights_metadata
 from worker.training.spec import TrainSpec
+
+
+def make_dataset_row(session: Session, tenant: str = LOCAL_TENANT) -> Dataset:
+    """A dataset row of two classes, flushed; its files are not needed by the caller."""
+    row = Dataset(
+        id=new_id("ds"),
+        tenant_id=tenant,
+        name="d",
+        num_images=2,
+        classes=["a", "b"],
+        class_counts={"a": 1, "b": 1},
+        splits={"train": 2},
+        size_bytes=1,
+        sha256="0" * 64,
+        warnings=[],
+        report={},
+        storage_key="datasets/x",
+    )
+    session.add(row)
+    session.flush()
+    return row
 
 
 def make_model(
