@@ -17,6 +17,7 @@ from limits.strategies import MovingWindowRateLimiter
 from app.api.deps import SettingsDep, TenantDep
 from app.core.config import Settings
 from app.core.errors import TooManyRequests
+from app.core.queue import redis_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,7 @@ def create_limiter(settings: Settings) -> MovingWindowRateLimiter:
     """
     if settings.embedded_broker:
         return MovingWindowRateLimiter(storage_from_string("memory://"))
-    timeout = settings.broker_timeout_s
-    storage = storage_from_string(
-        settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    storage = storage_from_string(settings.broker_url, **redis_timeouts(settings))
     return MovingWindowRateLimiter(storage)
 
 

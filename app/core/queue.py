@@ -69,9 +69,14 @@ def get_producer(settings: Settings) -> Celery:
     """
     options = broker_options(settings)
     if not settings.embedded_broker:
-        timeout = settings.broker_timeout_s
-        options |= {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        options |= redis_timeouts(settings)
     return _producer(settings.broker_url, settings.gpu_queue, tuple(sorted(options.items())))
+
+
+def redis_timeouts(settings: Settings) -> dict[str, float]:
+    """redis-py's timeouts for every client of the broker's Redis (producer, rate limiter)."""
+    timeout = settings.broker_timeout_s
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
 
 
 def enqueue(settings: Settings, job_id: str) -> None:
