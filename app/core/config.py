@@ -24,6 +24,18 @@ class Settings(BaseSettings):
         description="JSON keyword arguments for the fsspec filesystem of a storage URL, "
         'e.g. {"endpoint_url": "http://minio:9000"} for an S3-compatible store.',
     )
+    storage_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="An S3 store silent this long on a connect or a read fails that attempt "
+        "(3 attempts a request); /readyz reports storage failing after it.",
+    )
+    storage_request_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Most time one S3 request may take, body included (each moves at most "
+        "one 50 MiB part): bounds an upload to a store that stops reading.",
+    )
     device: str = "auto"
     auth_required: bool = False
 

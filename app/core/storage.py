@@ -34,6 +34,8 @@ from app.core.hostcache import HostCache, remove, sweep_stale
 
 log = logging.getLogger(__name__)
 
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
+
 
 class Storage(Protocol):
     """What the API and the workers need from a storage backend."""
@@ -161,11 +163,13 @@ class RemoteStorage:
         cache: HostCache,
         workspaces: Path,
         options: dict[str, Any] | None = None,
+        probe_timeout_s: float | None = None,
     ) -> None:
         import fsspec
 
         self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         self.root = root.rstrip("/")
+        self.probe_timeout_s = probe_timeout_s
         self.cache = cache
         self.workspaces = workspaces.resolve()
 
@@ -244,20 +248,38 @@ class RemoteStorage:
         remove(self.workspaces / self.entry(key))
 
     def writable(self) -> bool:
+        """Write and remove a probe object, each within `probe_timeout_s` (retries included).
+
+        A readiness probe must answer promptly whatever the store does: fsspec's `timeout`
+        cancels the call on its event loop (async filesystems, S3 among them)."""
+        bound = {"timeout": self.probe_timeout_s} if self.fs.async_impl else {}
         probe = f"{self.root}/.probe-{uuid.uuid4().hex}"
-        self.fs.pipe_file(probe, b"ok")
-        self.fs.rm(probe)
+        self.fs.pipe_file(probe, b"ok", **bound)
+        self.fs.rm(probe, **bound)
         return True
 
 
 def get_storage(settings: Settings) -> Storage:
-    """The storage backend for `FINETUNE_STORAGE_URL`: a directory, or any fsspec URL."""
+    """The storage backend for `FINETUNE_STORAGE_URL`: a directory, S3, or any fsspec URL."""
     url = settings.storage_url
     if "://" not in url or url.startswith("file://"):
         return LocalStorage(url.removeprefix("file://"))
+    if url.split("://", 1)[0] in S3_PROTOCOLS:
+        from app.core.objectstore import s3_storage  # aiobotocore: only where S3 is used
+
+        return s3_storage(url, settings)
     return RemoteStorage(
-        url, host_cache(settings), settings.work_dir / "workspaces", settings.storage_options
+        url,
+        host_cache(settings),
+        workspaces(settings),
+        settings.storage_options,
+        probe_timeout_s=settings.storage_timeout_s,
     )
+
+
+def workspaces(settings: Settings) -> Path:
+    """Where this host's `RemoteStorage` writers append before they publish."""
+    return settings.work_dir / "workspaces"
 
 
 def host_cache(settings: Settings) -> HostCache:
