@@ -81,9 +81,15 @@ def s3_options(options: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return {**options, "config_kwargs": config}
 
 
-def s3_storage(url: str, settings: Settings) -> RemoteStorage:
-    """`RemoteStorage` on S3 whose every call ends, answered or failed, in bounded time."""
-    storage = RemoteStorage(
+class S3Storage(RemoteStorage):
+    """`RemoteStorage` on S3, where "folders" are only key prefixes."""
+
+    directories = False
+
+
+def s3_storage(url: str, settings: Settings) -> S3Storage:
+    """`S3Storage` whose every call ends, answered or failed, in bounded time."""
+    storage = S3Storage(
         url,
         host_cache(settings),
         workspaces(settings),

@@ -157,6 +157,10 @@ class LocalStorage:
 class RemoteStorage:
     """Storage in an fsspec filesystem (S3 and S3-compatible stores), cached per host."""
 
+    # Whether the filesystem has directories to make before files go in them; object stores
+    # (`objectstore.S3Storage`) have none.
+    directories = True
+
     def __init__(
         self,
         url: str,
@@ -222,8 +226,22 @@ class RemoteStorage:
         src.unlink()
 
     def put_dir(self, src: Path, key: str) -> None:
-        self.fs.put(f"{src}/", f"{self._remote(key)}/", recursive=True)
+        self._put_tree(src, self._remote(key))
         remove(src)
+
+    def _put_tree(self, src: Path, remote: str) -> None:
+        """Upload every file under `src` to the same relative path under `remote`.
+
+        Given the files as lists, fsspec neither probes the destination nor makes folders:
+        s3fs's `makedirs` checks the bucket once per folder, and creates it when that check
+        fails (a store that does not answer), so an upload took three timeouts to fail."""
+        files = sorted(path for path in src.rglob("*") if path.is_file())
+        if self.directories:
+            folders = {path.parent.relative_to(src).as_posix() for path in files}
+            for folder in sorted(folders):
+                self.fs.makedirs(f"{remote}/{folder}".removesuffix("/."), exist_ok=True)
+        targets = [f"{remote}/{path.relative_to(src).as_posix()}" for path in files]
+        self.fs.put([str(path) for path in files], targets)
 
     def staging(self) -> Path:
         return _directory(self.workspaces / ".staging")
@@ -233,7 +251,7 @@ class RemoteStorage:
         return _directory(self.workspaces / self.entry(key))
 
     def publish(self, key: str) -> None:
-        self.fs.put(f"{self.workspace(key)}/", f"{self._remote(key)}/", recursive=True)
+        self._put_tree(self.workspace(key), self._remote(key))
 
     def exists(self, key: str) -> bool:
         self.fs.invalidate_cache()  # another host may have written it since we last looked

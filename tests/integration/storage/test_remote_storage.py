@@ -10,6 +10,7 @@ import torch
 
 from app.core.config import Settings
 from app.core.hostcache import HostCache
+from app.core.objectstore import S3Storage
 from app.core.storage import RemoteStorage, get_storage, host_cache
 from tests.integration.storage.conftest import S3
 from tests.support.images import stored_digits
@@ -25,13 +26,13 @@ def url(s3: S3, request: pytest.FixtureRequest) -> str:
 
 
 def host(url: str, s3: S3, root: Path, budget: int = 2**30) -> RemoteStorage:
-    return RemoteStorage(url, HostCache(root / "cache", budget), root / "workspaces", s3.options)
+    return S3Storage(url, HostCache(root / "cache", budget), root / "workspaces", s3.options)
 
 
 def test_settings_pick_the_remote_backend(tmp_path: Path, s3: S3, url: str) -> None:
     settings = Settings(data_dir=tmp_path, storage_url=url, storage_options=s3.options)
     storage = get_storage(settings)
-    assert isinstance(storage, RemoteStorage)
+    assert isinstance(storage, S3Storage)
     assert storage.writable()
     assert storage.cache.root == (tmp_path / "work" / "cache").resolve()
     assert storage.cache.max_bytes == settings.cache_max_size
@@ -150,7 +151,7 @@ def test_a_decoded_dataset_needs_only_its_manifest_again(tmp_path: Path, s3: S3,
     classes = stored_digits(tree, per_class=5)
     api.put_dir(tree, "datasets/ds_r")
     settings = Settings(data_dir=tmp_path / "worker")
-    worker = RemoteStorage(url, host_cache(settings), tmp_path / "worker" / "ws", s3.options)
+    worker = S3Storage(url, host_cache(settings), tmp_path / "worker" / "ws", s3.options)
     dataset = SimpleNamespace(id="ds_r", classes=classes, storage_key="datasets/ds_r")
     spec = TrainSpec(backbone="resnet18", classes=tuple(classes), image_size=16)
 
