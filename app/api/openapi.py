@@ -20,7 +20,8 @@ DESCRIPTIONS = {
     "422": "Invalid request; `errors` names each bad field or file",
     "429": "Rate limited; see Retry-After",
     "500": "Internal error; the detail holds a reference for the server log",
-    "503": "Overloaded: the prediction queue is full; retry shortly",
+    "503": "Unavailable for now (the prediction queue is full, or storage did not answer); "
+    "retry shortly",
 }
 
 
@@ -41,7 +42,7 @@ def _statuses(path: str, method: str) -> set[str]:
             statuses.add("413")
     if (path, method) in {("/v1/datasets", "post"), ("/v1/jobs", "post")}:
         statuses.add("429")
-    if path.endswith("/predict"):
+    if path.endswith("/predict") or (path, method) == ("/v1/datasets", "post"):
         statuses.add("503")
     return statuses
 

@@ -277,6 +277,17 @@ class RemoteStorage:
         return True
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the store did not answer in time or cut the connection (the same
+    call may succeed later), rather than that it refused the request."""
+    import botocore.exceptions as boto  # s3fs's; a dependency whatever the storage URL
+
+    # HTTPClientError: read timeouts, connections closed mid-answer
+    return isinstance(
+        exc, (TimeoutError, ConnectionError, boto.ConnectionError, boto.HTTPClientError)
+    )
+
+
 def get_storage(settings: Settings) -> Storage:
     """The storage backend for `FINETUNE_STORAGE_URL`: a directory, S3, or any fsspec URL."""
     url = settings.storage_url

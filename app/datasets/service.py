@@ -1,6 +1,7 @@
 """Dataset use cases: validate and store uploads, list, get, delete."""
 
 import hashlib
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -11,13 +12,15 @@ from sqlalchemy.orm import Session
 
 from app.api.pagination import paginate
 from app.core.config import Settings
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, NotFound, Unavailable
 from app.core.ids import new_id
 from app.core.models import ACTIVE_STATUSES, Dataset, Job, owned
-from app.core.storage import Storage, host_cache
+from app.core.storage import Storage, host_cache, unreachable
 from app.datasets.archive import Limits, extract_dataset
 
 CHUNK = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 def _stage_upload(src: BinaryIO, dest: Path) -> tuple[int, str]:
@@ -74,7 +77,7 @@ def create(
         archive = staging / "upload"
         size, sha256 = _stage_upload(upload, archive)
         report = extract_dataset(archive, staging / "dataset", archive_limits(settings))
-        storage.put_dir(staging / "dataset", key)
+        _store(storage, staging / "dataset", key)
         row = Dataset(
             id=dataset_id,
             tenant_id=tenant,
@@ -99,6 +102,28 @@ def create(
         return row
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _store(storage: Storage, images: Path, key: str) -> None:
+    """Move the checked images into storage; a store that does not answer is a 503.
+
+    Files that went up before the failure are removed when the store still answers; when
+    it does not, trying would only make the caller wait another timeout, and the key is
+    logged instead (no row ever names it)."""
+    try:
+        storage.put_dir(images, key)
+    except Exception as exc:
+        if not unreachable(exc):
+            try:
+                storage.delete(key)
+            except Exception:
+                log.exception("dataset upload: could not remove %s after a failed store", key)
+            raise
+        log.warning("dataset upload: storage did not answer; %s may hold part of it", key)
+        raise Unavailable(
+            "storage did not answer; nothing was recorded: upload again shortly",
+            code="storage_unavailable",
+        ) from exc
 
 
 def get(session: Session, tenant: str, dataset_id: str) -> Dataset:

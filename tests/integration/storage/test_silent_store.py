@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,9 @@ from app.core.config import Settings
 from app.core.objectstore import s3_options
 from app.core.storage import Storage, get_storage
 from app.main import create_app
+from tests.integration.conftest import Digits
 from tests.integration.storage.conftest import CREDENTIALS, S3
+from tests.support.client import upload
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +33,10 @@ def silent_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{silent.getsockname()[1]}"
 
 
-def silent_settings(tmp_path: Path, endpoint: str) -> Settings:
+def silent_settings(tmp_path: Path, endpoint: str, **extra: Any) -> Settings:
     return Settings(
         data_dir=tmp_path,
+        **extra,
         storage_url="s3://silent-bucket/prefix",
         storage_options={
             "endpoint_url": endpoint,
@@ -89,6 +93,20 @@ def test_an_upload_to_a_silent_store_fails_and_keeps_its_file(
     src.write_bytes(b"\1" * size)
     assert "Timeout" in failure_within(60, lambda: storage.put_file(src, "models/m1/weights.bin"))
     assert src.read_bytes() == b"\1" * size  # nothing lost: the caller can try again
+
+
+def test_an_upload_the_store_does_not_take_is_a_503_and_records_nothing(
+    tmp_path: Path, silent_endpoint: str, pg_url: str, digits10: Digits
+) -> None:
+    settings = silent_settings(tmp_path, silent_endpoint, database_url=pg_url)
+    with TestClient(create_app(settings)) as client:
+        before = client.get("/v1/datasets").json()["data"]
+        response = upload(client, digits10.archive)
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "storage_unavailable"
+        assert client.get("/v1/datasets").json()["data"] == before
+    assert not list(settings.uploads_dir.iterdir())  # the staged archive is gone too
 
 
 def test_a_read_from_a_silent_store_fails(tmp_path: Path, silent_endpoint: str) -> None:
