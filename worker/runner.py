@@ -21,7 +21,7 @@ from app.core.db import end_if_idle, get_sessionmaker
 from app.core.events import add_event
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, Tenant, utcnow
-from app.core.storage import Storage, get_storage
+from app.core.storage import Storage, get_storage, unreachable
 from worker.faults import Faults
 from worker.jobspec import JobFailure, build_spec, load_data
 from worker.lease import AttemptInterrupted, Lease
@@ -363,6 +363,11 @@ def run_job(settings: Settings, job_id: str) -> None:
             "job %s: database unreachable; the lease will lapse and the job resume", job_id
         )
     except Exception as exc:
+        if unreachable(exc):  # as with the database: the next attempt resumes, counted
+            log.exception(
+                "job %s: storage unreachable; the lease will lapse, the job resume", job_id
+            )
+            return
         log.exception("job %s failed", job_id)
         error = {"code": "training_error", "message": f"{type(exc).__name__}: {exc}"[:1000]}
         _finish(lease, JobStatus.failed, "job failed", error=error)

@@ -1,8 +1,11 @@
 """A real S3-compatible server for storage tests: moto in server mode, in its own process."""
 
 import json
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,13 +54,13 @@ class S3:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
-    """moto's S3 server on a free port, with one empty bucket."""
-    import subprocess
-
+@contextmanager
+def moto_server(
+    logs: Path, bucket: str = "finetune-test"
+) -> Iterator[tuple[S3, subprocess.Popen[bytes]]]:
+    """moto's S3 server on a free port, with one empty bucket, and its process."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = logs / "moto.log"
     server = Path(sys.executable).parent / "moto_server"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -66,9 +69,17 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     try:
         endpoint = f"http://127.0.0.1:{port}"
         wait_http(f"{endpoint}/moto-api/", proc, log)
-        store = S3(endpoint, "finetune-test")
+        store = S3(endpoint, bucket)
         store.client().create_bucket(Bucket=store.bucket)
-        yield store
+        yield store, proc
     finally:
+        proc.send_signal(signal.SIGCONT)  # a test may have frozen it
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """The session's S3 server, shared by the storage tests."""
+    with moto_server(tmp_path_factory.mktemp("moto")) as (store, _):
+        yield store
