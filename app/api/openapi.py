@@ -20,8 +20,8 @@ DESCRIPTIONS = {
     "422": "Invalid request; `errors` names each bad field or file",
     "429": "Rate limited; see Retry-After",
     "500": "Internal error; the detail holds a reference for the server log",
-    "503": "Unavailable for now (the prediction queue is full, or storage did not answer); "
-    "retry shortly",
+    "503": "Unavailable for now (the prediction queue is full, or the database or storage "
+    "did not answer); retry shortly",
 }
 
 
@@ -35,15 +35,13 @@ def _problem(status: str) -> dict[str, Any]:
 def _statuses(path: str, method: str) -> set[str]:
     statuses = {"422", "500"}
     if path.startswith("/v1/"):
-        statuses.add("401")
+        statuses |= {"401", "503"}
         if "{" in path:
             statuses.add("404")
         if method in {"post", "put", "patch"}:
             statuses.add("413")
     if (path, method) in {("/v1/datasets", "post"), ("/v1/jobs", "post")}:
         statuses.add("429")
-    if path.endswith("/predict") or (path, method) == ("/v1/datasets", "post"):
-        statuses.add("503")
     return statuses
 
 

@@ -9,10 +9,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import AppError, TooManyRequests, Unauthorized
+from app.core.storage import unreachable
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -132,19 +134,33 @@ class CatchUnhandled:
 
         try:
             await self.app(scope, receive, watch)
-        except Exception:
+        except Exception as exc:
             incident = uuid.uuid4().hex[:12]
             log.exception("unhandled error %s on %s %s", incident, scope["method"], scope["path"])
             if started:
                 raise
-            detail = f"internal error; reference {incident} in the server log"
-            response = problem_response(Request(scope), 500, "internal_error", detail)
+            status, code, detail = 500, "internal_error", "internal error"
+            if (down := _out_of_reach(exc)) is not None:
+                status, code, detail = 503, f"{down}_unavailable", f"{down} did not answer"
+            detail += f"; reference {incident} in the server log"
+            headers = {"Retry-After": "5"} if status == 503 else None
+            response = problem_response(Request(scope), status, code, detail, headers=headers)
             await response(scope, receive, send)
+
+
+def _out_of_reach(exc: BaseException) -> str | None:
+    """`database` or `storage` when `exc` says that one did not answer (the same request may
+    succeed shortly: a 503, not a 500), else None."""
+    if isinstance(exc, OperationalError):
+        return "database"
+    if unreachable(exc):
+        return "storage"
+    return None
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for a route's own problem statuses (app.api.openapi adds the
-    ones every route shares: 401, 413, 422, 429, 500)."""
+    ones every route shares: 401, 413, 422, 429, 500, 503)."""
     return {
         status: {"model": Problem, "description": HTTPStatus(status).phrase} for status in statuses
     }

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
-    responses=problems(401, 413, 429, 503),
+    responses=problems(401, 413, 429),
     summary="Upload a dataset archive",
     description=(
         "A `.zip`, `.tar` or `.tar.gz` in ImageFolder form (`<class>/<image>`) or with split "

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.api.pagination import paginate
 from app.core.config import Settings
-from app.core.errors import Conflict, NotFound, Unavailable
+from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
 from app.core.models import ACTIVE_STATUSES, Dataset, Job, owned
 from app.core.storage import Storage, host_cache, unreachable
@@ -105,25 +105,22 @@ def create(
 
 
 def _store(storage: Storage, images: Path, key: str) -> None:
-    """Move the checked images into storage; a store that does not answer is a 503.
+    """Move the checked images into storage, or remove what went up before a failure.
 
-    Files that went up before the failure are removed when the store still answers; when
-    it does not, trying would only make the caller wait another timeout, and the key is
-    logged instead (no row ever names it)."""
+    Unless the store did not answer at all (a 503, see app.api.problems): then trying would
+    only make the caller wait another timeout, and the key is logged instead (no row ever
+    names it)."""
     try:
         storage.put_dir(images, key)
     except Exception as exc:
-        if not unreachable(exc):
-            try:
-                storage.delete(key)
-            except Exception:
-                log.exception("dataset upload: could not remove %s after a failed store", key)
+        if unreachable(exc):
+            log.warning("dataset upload: storage did not answer; %s may hold part of it", key)
             raise
-        log.warning("dataset upload: storage did not answer; %s may hold part of it", key)
-        raise Unavailable(
-            "storage did not answer; nothing was recorded: upload again shortly",
-            code="storage_unavailable",
-        ) from exc
+        try:
+            storage.delete(key)
+        except Exception:
+            log.exception("dataset upload: could not remove %s after a failed store", key)
+        raise
 
 
 def get(session: Session, tenant: str, dataset_id: str) -> Dataset:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 from alembic.script import ScriptDirectory
+from botocore.exceptions import ReadTimeoutError
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -148,4 +149,23 @@ def test_unhandled_errors_are_problems_without_traces(client: TestClient) -> Non
     assert response.headers["content-type"] == "application/problem+json"
     assert "secret" not in response.text and response.json()["code"] == "internal_error"
     assert client.get("/v1/nowhere").json()["code"] == "not_found"
+
+    @client.app.get("/silent-store")  # type: ignore[attr-defined]
+    def silent_store() -> None:
+        raise ReadTimeoutError(endpoint_url="http://store/bucket/key")
+
+    response = client.get("/silent-store")
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["code"] == "storage_unavailable"
+
+
+def test_a_database_that_does_not_answer_is_a_503(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none"
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/v1/jobs")
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "database_unavailable"
     assert client.put("/v1/jobs").json()["code"] == "method_not_allowed"
