@@ -104,6 +104,22 @@ def _finish(lease: Lease, status: JobStatus, message: str, **values: Any) -> Non
     retrying(write)
 
 
+def _warn_storage_out_of_reach(lease: Lease, exc: Exception) -> None:
+    """Tell the job's watchers why its attempt stops (the lease lapses; see run_job)."""
+    message = (
+        f"attempt {lease.attempt} stopped: storage did not answer ({type(exc).__name__}); "
+        "the next attempt resumes from the last checkpoint"
+    )
+    try:
+        with lease.transaction() as session:
+            if session.scalar(select(Job.id).where(*lease.fence())) is not None:
+                data = {"reason": "storage_unavailable", "attempt": lease.attempt}
+                add_event(session, lease.job_id, "warning", message, data)
+            session.commit()
+    except Exception:  # only a courtesy: the reaper resumes the job either way
+        log.warning("job %s: could not record the storage outage", lease.job_id, exc_info=True)
+
+
 def _release(settings: Settings, lease: Lease, reason: str) -> None:
     """Hand the job back (deploy, lost parent): another worker resumes it from its checkpoint."""
 
@@ -367,6 +383,7 @@ def run_job(settings: Settings, job_id: str) -> None:
             log.exception(
                 "job %s: storage unreachable; the lease will lapse, the job resume", job_id
             )
+            _warn_storage_out_of_reach(lease, exc)
             return
         log.exception("job %s failed", job_id)
         error = {"code": "training_error", "message": f"{type(exc).__name__}: {exc}"[:1000]}

@@ -78,6 +78,9 @@ def test_a_store_frozen_mid_job_costs_an_attempt_not_the_job(
             finally:
                 os.kill(moto.pid, signal.SIGCONT)
             job = wait_job(client, job_id)
+            events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
     assert running_job["status"] == "running", running_job  # not failed: its lease lapses
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2, job
+    warnings = [e for e in events if e["type"] == "warning"]
+    assert [w["data"]["reason"] for w in warnings] == ["storage_unavailable"], events
