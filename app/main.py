@@ -19,8 +19,9 @@ from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.logs import RequestIdMiddleware
 from app.core.reaper import reap
-from app.core.storage import get_storage, tidy_host
+from app.core.storage import Storage, get_storage, tidy_host
 from app.datasets.router import router as datasets_router
+from app.datasets.service import sweep_orphans
 from app.jobs.router import router as jobs_router
 from app.models.inference import BatchPolicy, ModelCache
 from app.models.router import router as models_router
@@ -41,6 +42,19 @@ def _reap_once(settings: Settings) -> None:
             reap(session, settings)
     except Exception:  # a missing database shows in /readyz; startup goes on
         log.warning("startup reaper round failed", exc_info=True)
+
+
+def _sweep_stored_datasets(settings: Settings, storage: Storage) -> None:
+    """Free the space of stored datasets that no row names (app.datasets.service.
+    sweep_orphans). In a thread of its own: a slow or silent store must not delay start-up."""
+    try:
+        with session_scope(settings.database_url) as session:
+            removed = sweep_orphans(session, storage)
+    except Exception:
+        log.warning("could not sweep stored datasets that no row names", exc_info=True)
+        return
+    if removed:
+        log.info("removed %d stored datasets no row named: %s", len(removed), removed)
 
 
 def _warm_up() -> None:
@@ -69,6 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.warm_up.start()
         await run_in_threadpool(_reap_once, resolved)
         await run_in_threadpool(tidy_host, resolved)
+        threading.Thread(
+            target=_sweep_stored_datasets,
+            args=(resolved, app.state.storage),
+            name="sweep-datasets",
+            daemon=True,
+        ).start()
         yield
 
     app = FastAPI(

@@ -74,6 +74,14 @@ class Storage(Protocol):
         """Remove a file or a whole directory; missing keys are fine."""
         ...
 
+    def children(self, key: str) -> list[str]:
+        """The names directly under the directory `key` (none if it is missing)."""
+        ...
+
+    def newest(self, key: str) -> float | None:
+        """When anything under `key` last changed (POSIX seconds); None if nothing is there."""
+        ...
+
     def writable(self) -> bool: ...
 
 
@@ -148,6 +156,20 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         remove(self.path(key))
+
+    def children(self, key: str) -> list[str]:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            return sorted(os.listdir(self.path(key)))
+        return []
+
+    def newest(self, key: str) -> float | None:
+        top = self.path(key)
+        if not top.exists():
+            return None
+        times = [top.stat().st_mtime]
+        for folder, _, files in os.walk(top):
+            times += [os.stat(os.path.join(folder, name)).st_mtime for name in files]
+        return max(times)
 
     def writable(self) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -265,6 +287,19 @@ class RemoteStorage:
         self.cache.discard(self.entry(key))
         remove(self.workspaces / self.entry(key))
 
+    def children(self, key: str) -> list[str]:
+        self.fs.invalidate_cache()
+        try:
+            paths = self.fs.ls(self._remote(key), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in paths)
+
+    def newest(self, key: str) -> float | None:
+        self.fs.invalidate_cache()
+        found = self.fs.find(self._remote(key), detail=True)
+        return max(map(_modified, found.values()), default=None)
+
     def writable(self) -> bool:
         """Write and remove a probe object, each within `probe_timeout_s` (retries included).
 
@@ -275,6 +310,12 @@ class RemoteStorage:
         self.fs.pipe_file(probe, b"ok", **bound)
         self.fs.rm(probe, **bound)
         return True
+
+
+def _modified(info: dict[str, Any]) -> float:
+    """An fsspec listing entry's modification time: S3 says `LastModified`, others `mtime`."""
+    stamp = info.get("LastModified", info.get("mtime"))
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp)
 
 
 def unreachable(exc: BaseException) -> bool:

@@ -4,6 +4,7 @@ import hashlib
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.api.pagination import paginate
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
+from app.core.hostcache import STALE_SCRATCH_S
 from app.core.ids import new_id
 from app.core.models import ACTIVE_STATUSES, Dataset, Job, owned
 from app.core.storage import Storage, host_cache, unreachable
@@ -108,8 +110,8 @@ def _store(storage: Storage, images: Path, key: str) -> None:
     """Move the checked images into storage, or remove what went up before a failure.
 
     Unless the store did not answer at all (a 503, see app.api.problems): then trying would
-    only make the caller wait another timeout, and the key is logged instead (no row ever
-    names it)."""
+    only make the caller wait another timeout; no row names the key, and `sweep_orphans`
+    frees it later."""
     try:
         storage.put_dir(images, key)
     except Exception as exc:
@@ -154,5 +156,33 @@ def delete(
         )
     session.delete(row)
     session.commit()
-    storage.delete(row.storage_key)
+    try:
+        storage.delete(row.storage_key)
+    except Exception:  # the dataset is gone for its users; `sweep_orphans` frees the space
+        log.warning("dataset %s deleted; its files stay until a sweep", dataset_id, exc_info=True)
     host_cache(settings).discard_decoded(dataset_id)
+
+
+def sweep_orphans(
+    session: Session, storage: Storage, older_than_s: float = STALE_SCRATCH_S
+) -> list[str]:
+    """Remove stored datasets no row names that nothing changed for `older_than_s`; return
+    their keys.
+
+    Left by an upload the store stopped answering (see `_store`), an API killed between
+    storing and recording, or a delete whose store call failed. The age spares an upload in
+    flight: its files are stored moments before its row is committed."""
+    names = [name for name in storage.children("datasets") if name.startswith("ds_")]
+    keys = [f"datasets/{name}" for name in names]
+    known = set(session.scalars(select(Dataset.storage_key).where(Dataset.storage_key.in_(keys))))
+    session.commit()  # no transaction held across the store's calls
+    cutoff = time.time() - older_than_s
+    removed = []
+    for key in keys:
+        if key in known:
+            continue
+        newest = storage.newest(key)
+        if newest is not None and newest < cutoff:
+            storage.delete(key)
+            removed.append(key)
+    return removed

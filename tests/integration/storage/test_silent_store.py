@@ -16,12 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
+from app.core.db import session_scope
 from app.core.objectstore import s3_options
 from app.core.storage import Storage, get_storage
 from app.main import create_app
 from tests.integration.conftest import Digits
 from tests.integration.storage.conftest import CREDENTIALS, S3
 from tests.support.client import upload
+from tests.support.factories import make_dataset_row
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +109,19 @@ def test_an_upload_the_store_does_not_take_is_a_503_and_records_nothing(
         assert response.json()["code"] == "storage_unavailable"
         assert client.get("/v1/datasets").json()["data"] == before
     assert not list(settings.uploads_dir.iterdir())  # the staged archive is gone too
+
+
+def test_a_dataset_deleted_while_the_store_is_silent_is_gone(
+    tmp_path: Path, silent_endpoint: str, pg_url: str
+) -> None:
+    """Its row goes at once; its files wait for the sweep (app.datasets.service)."""
+    with session_scope(pg_url) as session:
+        dataset_id = make_dataset_row(session).id
+        session.commit()
+    settings = silent_settings(tmp_path, silent_endpoint, database_url=pg_url)
+    with TestClient(create_app(settings)) as client:
+        assert client.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+        assert client.get(f"/v1/datasets/{dataset_id}").status_code == 404
 
 
 def test_a_read_from_a_silent_store_fails(tmp_path: Path, silent_endpoint: str) -> None:
