@@ -80,7 +80,7 @@ def _size(item: os.DirEntry[str]) -> int:
     return _folder_sizes[key]
 
 
-def _changed_since(path: Path, since: float) -> bool:
+def changed_since(path: Path, since: float) -> bool:
     """Whether the file, or anything under the folder, was modified after `since`."""
     if path.stat().st_mtime >= since:
         return True
@@ -104,7 +104,7 @@ def sweep_stale(folder: Path, wanted: Callable[[str], bool] = lambda _: True) ->
             if not wanted(item.name):
                 continue
             with contextlib.suppress(FileNotFoundError):
-                if not _changed_since(Path(item.path), stale):
+                if not changed_since(Path(item.path), stale):
                     log.info("removing %s, left half-made by a process that ended", item.path)
                     remove(Path(item.path))
 

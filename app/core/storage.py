@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from app.core.config import Settings
-from app.core.hostcache import HostCache, remove, sweep_stale
+from app.core.hostcache import HostCache, changed_since, remove, sweep_stale
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class Storage(Protocol):
         """The names directly under the directory `key` (none if it is missing)."""
         ...
 
-    def newest(self, key: str) -> float | None:
-        """When anything under `key` last changed (POSIX seconds); None if nothing is there."""
+    def changed_since(self, key: str, since: float) -> bool:
+        """Whether anything under `key` changed after `since` (POSIX seconds)."""
         ...
 
     def writable(self) -> bool: ...
@@ -162,14 +162,10 @@ class LocalStorage:
             return sorted(os.listdir(self.path(key)))
         return []
 
-    def newest(self, key: str) -> float | None:
-        top = self.path(key)
-        if not top.exists():
-            return None
-        times = [top.stat().st_mtime]
-        for folder, _, files in os.walk(top):
-            times += [os.stat(os.path.join(folder, name)).st_mtime for name in files]
-        return max(times)
+    def changed_since(self, key: str, since: float) -> bool:
+        with contextlib.suppress(FileNotFoundError):
+            return changed_since(self.path(key), since)
+        return False
 
     def writable(self) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -295,10 +291,10 @@ class RemoteStorage:
             return []
         return sorted(path.rstrip("/").rsplit("/", 1)[-1] for path in paths)
 
-    def newest(self, key: str) -> float | None:
+    def changed_since(self, key: str, since: float) -> bool:
         self.fs.invalidate_cache()
         found = self.fs.find(self._remote(key), detail=True)
-        return max(map(_modified, found.values()), default=None)
+        return any(_modified(info) >= since for info in found.values())
 
     def writable(self) -> bool:
         """Write and remove a probe object, each within `probe_timeout_s` (retries included).

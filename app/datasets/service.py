@@ -177,12 +177,7 @@ def sweep_orphans(
     known = set(session.scalars(select(Dataset.storage_key).where(Dataset.storage_key.in_(keys))))
     session.commit()  # no transaction held across the store's calls
     cutoff = time.time() - older_than_s
-    removed = []
-    for key in keys:
-        if key in known:
-            continue
-        newest = storage.newest(key)
-        if newest is not None and newest < cutoff:
-            storage.delete(key)
-            removed.append(key)
+    removed = [key for key in keys if key not in known and not storage.changed_since(key, cutoff)]
+    for key in removed:
+        storage.delete(key)
     return removed
