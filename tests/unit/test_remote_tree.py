@@ -4,13 +4,7 @@ from pathlib import Path
 
 from app.core.hostcache import HostCache
 from app.core.storage import RemoteStorage
-
-
-def write_tree(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    return root
+from tests.support.files import write_tree
 
 
 def test_put_dir_and_publish_make_the_folders_their_files_need(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from app.datasets.service import sweep_orphans
 from app.main import create_app
 from tests.integration.storage.conftest import S3
 from tests.support.factories import make_dataset_row
+from tests.support.files import write_tree
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.integration
@@ -23,11 +24,8 @@ HOUR = 3600
 
 def store(storage: Storage, tmp_path: Path, name: str) -> str:
     """A small stored dataset folder at `datasets/<name>`; its key."""
-    tree = tmp_path / "upload" / name
-    for rel in ("manifest.json", "files/0/a.png"):
-        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tree / rel).write_text(rel)
-    storage.put_dir(tree, f"datasets/{name}")
+    files = {rel: rel for rel in ("manifest.json", "files/0/a.png")}
+    storage.put_dir(write_tree(tmp_path / "upload" / name, files), f"datasets/{name}")
     return f"datasets/{name}"
 
 

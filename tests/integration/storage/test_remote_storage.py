@@ -13,6 +13,7 @@ from app.core.hostcache import HostCache
 from app.core.objectstore import S3Storage
 from app.core.storage import RemoteStorage, get_storage, host_cache
 from tests.integration.storage.conftest import S3
+from tests.support.files import write_tree
 from tests.support.images import stored_digits
 from worker.jobspec import load_data
 from worker.training.spec import TrainSpec
@@ -56,11 +57,8 @@ def test_a_file_put_on_one_host_reads_back_on_another(tmp_path: Path, s3: S3, ur
 
 def test_a_directory_travels_whole(tmp_path: Path, s3: S3, url: str) -> None:
     a, b = host(url, s3, tmp_path / "a"), host(url, s3, tmp_path / "b")
-    tree = tmp_path / "upload"
-    for rel in ("manifest.json", "files/0/a.png", "files/1/b.png"):
-        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tree / rel).write_text(rel)
-    a.put_dir(tree, "datasets/ds1")
+    files = {rel: rel for rel in ("manifest.json", "files/0/a.png", "files/1/b.png")}
+    a.put_dir(write_tree(tmp_path / "upload", files), "datasets/ds1")
     root = b.local("datasets/ds1")
     got = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert got == ["files/0/a.png", "files/1/b.png", "manifest.json"]
@@ -69,10 +67,7 @@ def test_a_directory_travels_whole(tmp_path: Path, s3: S3, url: str) -> None:
 
 def test_concurrent_first_reads_of_a_directory_agree(tmp_path: Path, s3: S3, url: str) -> None:
     a = host(url, s3, tmp_path / "a")
-    tree = tmp_path / "upload"
-    for i in range(20):
-        (tree / f"{i}.txt").parent.mkdir(parents=True, exist_ok=True)
-        (tree / f"{i}.txt").write_text(str(i))
+    tree = write_tree(tmp_path / "upload", {f"{i}.txt": str(i) for i in range(20)})
     a.put_dir(tree, "datasets/ds2")
     b = host(url, s3, tmp_path / "b")
     seen: list[Path] = []
@@ -103,9 +98,7 @@ def test_a_workspace_is_visible_elsewhere_after_each_publish(
 
 def test_delete_removes_the_object_and_every_cached_copy(tmp_path: Path, s3: S3, url: str) -> None:
     a = host(url, s3, tmp_path / "a")
-    tree = tmp_path / "upload"
-    (tree / "x").mkdir(parents=True)
-    (tree / "x" / "y.txt").write_text("y")
+    tree = write_tree(tmp_path / "upload", {"x/y.txt": "y"})
     a.put_dir(tree, "datasets/gone")
     assert not tree.exists()
     assert (a.local("datasets/gone") / "x" / "y.txt").read_text() == "y"  # cached here now
