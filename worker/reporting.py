@@ -17,7 +17,7 @@ from tensorboardX import SummaryWriter  # imported before the pool forks: not du
 from app.core.events import add_event, job_tenant
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Job
-from app.core.storage import Storage
+from app.core.storage import Storage, discard
 from worker.faults import Faults
 from worker.lease import AttemptInterrupted, Lease
 from worker.retry import retrying
@@ -179,7 +179,7 @@ class DatabaseReporter(FitCallbacks):
         with self.sessions() as session:
             committed = session.get(Checkpoint, row["id"]) is not None
         if not committed:
-            self.storage.delete(row["storage_key"])
+            discard(self.storage, row["storage_key"])
 
     def _persist(
         self,
@@ -248,11 +248,9 @@ class DatabaseReporter(FitCallbacks):
         try:
             self.write(change)
         except AttemptInterrupted:
-            self.storage.delete(row["storage_key"])
-            self.storage.delete(row["resume_key"])
+            discard(self.storage, row["storage_key"], row["resume_key"])
             raise
-        for old in stale:  # only the latest epoch's optimiser state is needed to resume
-            self.storage.delete(old)
+        discard(self.storage, *stale)  # only the latest epoch's optimiser state is needed
 
     def _epoch_events(self, session: Session, row: dict[str, Any]) -> None:
         epoch, metrics = row["epoch"], row["metrics"]

@@ -21,7 +21,7 @@ from app.core.db import end_if_idle, get_sessionmaker
 from app.core.events import add_event
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, Tenant, utcnow
-from app.core.storage import Storage, get_storage, unreachable
+from app.core.storage import Storage, discard, get_storage, unreachable
 from worker.faults import Faults
 from worker.jobspec import JobFailure, build_spec, load_data
 from worker.lease import AttemptInterrupted, Lease
@@ -263,8 +263,7 @@ def _record_success(
     model_id = retrying(write)
     if model_id is None:
         reporter.discard_final()
-    for key in stale:  # a finished job never resumes: drop its optimiser state
-        storage.delete(key)
+    discard(storage, *stale)  # a finished job never resumes: drop its optimiser state
     return model_id
 
 

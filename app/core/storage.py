@@ -325,6 +325,21 @@ def unreachable(exc: BaseException) -> bool:
     )
 
 
+def discard(storage: Storage, *keys: str | None) -> None:
+    """Delete stored files that no row names any more, as far as the store lets us.
+
+    Called once the rows are settled, so a failure must not undo or hide that outcome: it is
+    logged, and what stays is freed by the sweeps of files no row names
+    (app.datasets.service.sweep_orphans, app.jobs.service.sweep_files)."""
+    for key in keys:
+        if key is None:
+            continue
+        try:
+            storage.delete(key)
+        except Exception:
+            log.warning("could not delete %s; it stays until a sweep", key, exc_info=True)
+
+
 def get_storage(settings: Settings) -> Storage:
     """The storage backend for `FINETUNE_STORAGE_URL`: a directory, S3, or any fsspec URL."""
     url = settings.storage_url

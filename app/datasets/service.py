@@ -17,7 +17,7 @@ from app.core.errors import Conflict, NotFound
 from app.core.hostcache import STALE_SCRATCH_S
 from app.core.ids import new_id
 from app.core.models import ACTIVE_STATUSES, Dataset, Job, owned
-from app.core.storage import Storage, host_cache, unreachable
+from app.core.storage import Storage, discard, host_cache, unreachable
 from app.datasets.archive import Limits, extract_dataset
 
 CHUNK = 1 << 20
@@ -99,7 +99,7 @@ def create(
             session.commit()
         except BaseException:
             session.rollback()
-            storage.delete(key)
+            discard(storage, key)
             raise
         return row
     finally:
@@ -118,10 +118,7 @@ def _store(storage: Storage, images: Path, key: str) -> None:
         if unreachable(exc):
             log.warning("dataset upload: storage did not answer; %s may hold part of it", key)
             raise
-        try:
-            storage.delete(key)
-        except Exception:
-            log.exception("dataset upload: could not remove %s after a failed store", key)
+        discard(storage, key)
         raise
 
 
@@ -156,10 +153,7 @@ def delete(
         )
     session.delete(row)
     session.commit()
-    try:
-        storage.delete(row.storage_key)
-    except Exception:  # the dataset is gone for its users; `sweep_orphans` frees the space
-        log.warning("dataset %s deleted; its files stay until a sweep", dataset_id, exc_info=True)
+    discard(storage, row.storage_key)  # the dataset is gone for its users either way
     host_cache(settings).discard_decoded(dataset_id)
 
 
