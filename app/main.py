@@ -23,11 +23,14 @@ from app.core.storage import Storage, get_storage, tidy_host
 from app.datasets.router import router as datasets_router
 from app.datasets.service import sweep_orphans
 from app.jobs.router import router as jobs_router
+from app.jobs.service import sweep_files
 from app.models.inference import BatchPolicy, ModelCache
 from app.models.router import router as models_router
 from app.web.router import router as web_router
 
 log = logging.getLogger(__name__)
+# How often the API looks for stored files no row names; they only need to be an hour old.
+SWEEP_INTERVAL_S = 3600.0
 DESCRIPTION = """
 Upload image datasets, fine-tune torchvision backbones on them (full, linear probe or
 partial unfreezing), follow the job, download the weights and classify images.
@@ -44,17 +47,24 @@ def _reap_once(settings: Settings) -> None:
         log.warning("startup reaper round failed", exc_info=True)
 
 
-def _sweep_stored_datasets(settings: Settings, storage: Storage) -> None:
-    """Free the space of stored datasets that no row names (app.datasets.service.
-    sweep_orphans). In a thread of its own: a slow or silent store must not delay start-up."""
-    try:
-        with session_scope(settings.database_url) as session:
-            removed = sweep_orphans(session, storage)
-    except Exception:
-        log.warning("could not sweep stored datasets that no row names", exc_info=True)
-        return
-    if removed:
-        log.info("removed %d stored datasets no row named: %s", len(removed), removed)
+def _sweep_stored_files(settings: Settings, storage: Storage, stop: threading.Event) -> None:
+    """Free the space of stored files that no row names: datasets (app.datasets.service.
+    sweep_orphans) and ended jobs' checkpoints (app.jobs.service.sweep_files), at start-up and
+    then every `SWEEP_INTERVAL_S`. In a thread of its own: a slow or silent store must delay
+    neither start-up nor requests; what it could not reach waits for the next round."""
+    sweeps = {"datasets": sweep_orphans, "job files": sweep_files}
+    while True:
+        for what, sweep in sweeps.items():
+            try:
+                with session_scope(settings.database_url) as session:
+                    removed = sweep(session, storage)
+            except Exception:
+                log.warning("could not sweep stored %s that no row names", what, exc_info=True)
+                continue
+            if removed:
+                log.info("removed %d stored %s no row named: %s", len(removed), what, removed)
+        if stop.wait(SWEEP_INTERVAL_S):
+            return
 
 
 def _warm_up() -> None:
@@ -83,13 +93,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.warm_up.start()
         await run_in_threadpool(_reap_once, resolved)
         await run_in_threadpool(tidy_host, resolved)
+        stop_sweeping = threading.Event()
         threading.Thread(
-            target=_sweep_stored_datasets,
-            args=(resolved, app.state.storage),
-            name="sweep-datasets",
+            target=_sweep_stored_files,
+            args=(resolved, app.state.storage, stop_sweeping),
+            name="sweep-stored-files",
             daemon=True,
         ).start()
         yield
+        stop_sweeping.set()
 
     app = FastAPI(
         title="Fine-tuning service",

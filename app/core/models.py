@@ -146,6 +146,9 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # When app.jobs.service.sweep_files checked the ended job's stored files for ones no row
+    # names; null until then, and again once a retry runs the job anew.
+    files_swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class JobEvent(Base):

@@ -1,4 +1,5 @@
-"""Job use cases: create (validate, record, commit, enqueue), read, cancel, events."""
+"""Job use cases: create (validate, record, commit, enqueue), read, cancel, events, and the
+sweep of stored job files no row names."""
 
 import hashlib
 import json
@@ -14,13 +15,28 @@ from app.core import queue
 from app.core.config import Settings
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.events import add_event
+from app.core.hostcache import STALE_SCRATCH_S
 from app.core.ids import new_id
-from app.core.models import Checkpoint, Job, JobEvent, JobStatus, Worker, owned, utcnow
+from app.core.models import (
+    TERMINAL_STATUSES,
+    Checkpoint,
+    Job,
+    JobEvent,
+    JobStatus,
+    Worker,
+    owned,
+    utcnow,
+)
+from app.core.storage import Storage
 from app.jobs import plots
 from app.jobs.schemas import JobCreate
 from app.jobs.validation import check_spec
 
 log = logging.getLogger(__name__)
+
+# The folders under `jobs/<id>/` whose files each belong to a checkpoint row
+# (worker/reporting.py names them per epoch and attempt).
+ROW_FOLDERS = ("checkpoints", "state")
 
 
 def _request_hash(spec: JobCreate) -> str:
@@ -135,6 +151,7 @@ def retry(session: Session, settings: Settings, tenant: str, job_id: str) -> Job
             status=JobStatus.queued,
             error=None,
             finished_at=None,
+            files_swept_at=None,
             released=Job.attempts,
             cancel_requested=False,
             enqueued_at=utcnow(),
@@ -228,3 +245,52 @@ def plot(session: Session, tenant: str, job_id: str, name: str) -> bytes:
     stmt = select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "epoch")
     epochs = {data["epoch"]: data for data in session.scalars(stmt.order_by(JobEvent.id))}
     return plots.curves(job_id, [epochs[e] for e in sorted(epochs)])
+
+
+def sweep_files(
+    session: Session, storage: Storage, older_than_s: float = STALE_SCRATCH_S, batch: int = 100
+) -> list[str]:
+    """Remove the stored checkpoint and optimiser-state files of ended jobs that no row names;
+    return their keys.
+
+    A worker stores an epoch's files, then commits their row: an attempt stopped in between
+    (the database or the store out of reach, the process killed) leaves them, and so does a
+    delete of superseded state that the store did not answer. Each job is checked once, after
+    it has ended `older_than_s` ago and is written to no more (a retry makes it due again);
+    a file changed within `older_than_s` is kept all the same."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    due = (
+        Job.status.in_(TERMINAL_STATUSES),
+        Job.finished_at < cutoff,
+        Job.files_swept_at.is_(None),
+    )
+    removed: list[str] = []
+    while True:
+        ids = list(session.scalars(select(Job.id).where(*due).order_by(Job.id).limit(batch)))
+        session.commit()  # no transaction held across the store's calls
+        for job_id in ids:
+            removed += _sweep_job_files(session, storage, job_id, cutoff.timestamp())
+            # Conditional: a retry that queued the job meanwhile makes it due again later.
+            session.execute(
+                update(Job).where(Job.id == job_id, *due).values(files_swept_at=utcnow())
+            )
+            session.commit()
+        if len(ids) < batch:
+            return removed
+
+
+def _sweep_job_files(session: Session, storage: Storage, job_id: str, since: float) -> list[str]:
+    rows = session.execute(
+        select(Checkpoint.storage_key, Checkpoint.resume_key).where(Checkpoint.job_id == job_id)
+    )
+    named = {key for row in rows for key in row if key}
+    session.commit()
+    stored = [
+        f"jobs/{job_id}/{folder}/{name}"
+        for folder in ROW_FOLDERS
+        for name in storage.children(f"jobs/{job_id}/{folder}")
+    ]
+    orphans = [key for key in stored if key not in named and not storage.changed_since(key, since)]
+    for key in orphans:
+        storage.delete(key)
+    return orphans

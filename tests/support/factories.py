@@ -31,6 +31,26 @@ def make_dataset_row(session: Session, tenant: str = LOCAL_TENANT) -> Dataset:
     return row
 
 
+def make_job_row(session: Session, tenant: str = LOCAL_TENANT, **values: object) -> Job:
+    """A job row that succeeded just now, flushed; `values` replace any of its columns."""
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant,
+        status=JobStatus.succeeded,
+        spec={},
+        progress={},
+        metrics={},
+        attempts=1,
+        started_at=utcnow(),
+        finished_at=utcnow(),
+    )
+    for name, value in values.items():
+        setattr(job, name, value)
+    session.add(job)
+    session.flush()
+    return job
+
+
 def make_model(
     session: Session,
     storage: Storage,
@@ -41,17 +61,11 @@ def make_model(
 ) -> Model:
     """A succeeded job with one checkpoint and its model (random weights, real file)."""
     spec = TrainSpec(backbone=backbone, classes=tuple(dataset["classes"]), image_size=image_size)
-    job = Job(
-        id=new_id("job"),
-        tenant_id=tenant,
-        status=JobStatus.succeeded,
+    job = make_job_row(
+        session,
+        tenant,
         dataset_id=dataset["id"],
         spec={"dataset_id": dataset["id"], "backbone": backbone},
-        progress={},
-        metrics={},
-        attempts=1,
-        started_at=utcnow(),
-        finished_at=utcnow(),
     )
     key = f"jobs/{job.id}/checkpoints/epoch-0001.safetensors"
     net = models.get_model(backbone, weights=None, num_classes=spec.num_classes)
@@ -83,8 +97,6 @@ def make_model(
         storage_key=key,
     )
     job.model_id = model.id
-    session.add(job)
-    session.flush()
     session.add(ckpt)
     session.flush()
     session.add(model)
