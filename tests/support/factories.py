@@ -6,6 +6,7 @@ from torchvision import models
 from app.core.ids import new_id
 from app.core.models import LOCAL_TENANT, Checkpoint, Dataset, Job, JobStatus, Model, utcnow
 from app.core.storage import Storage, sha256_file
+from app.jobs.schemas import JobCreate
 from worker.training.checkpoint import save_weights, weights_metadata
 from worker.training.spec import TrainSpec
 
@@ -32,12 +33,15 @@ def make_dataset_row(session: Session, tenant: str = LOCAL_TENANT) -> Dataset:
 
 
 def make_job_row(session: Session, tenant: str = LOCAL_TENANT, **values: object) -> Job:
-    """A job row that succeeded just now, flushed; `values` replace any of its columns."""
+    """A job row that succeeded just now, flushed; `values` replace any of its columns.
+
+    Its spec is as the API records one, so the row reads back through the API."""
+    dataset_id = values.get("dataset_id") or new_id("ds")
     job = Job(
         id=new_id("job"),
         tenant_id=tenant,
         status=JobStatus.succeeded,
-        spec={},
+        spec=JobCreate(dataset_id=dataset_id).model_dump(mode="json"),
         progress={},
         metrics={},
         attempts=1,
@@ -61,12 +65,8 @@ def make_model(
 ) -> Model:
     """A succeeded job with one checkpoint and its model (random weights, real file)."""
     spec = TrainSpec(backbone=backbone, classes=tuple(dataset["classes"]), image_size=image_size)
-    job = make_job_row(
-        session,
-        tenant,
-        dataset_id=dataset["id"],
-        spec={"dataset_id": dataset["id"], "backbone": backbone},
-    )
+    job = make_job_row(session, tenant, dataset_id=dataset["id"])
+    job.spec = {**job.spec, "backbone": backbone}
     key = f"jobs/{job.id}/checkpoints/epoch-0001.safetensors"
     net = models.get_model(backbone, weights=None, num_classes=spec.num_classes)
     staged = storage.staging() / f"{job.id}.safetensors"

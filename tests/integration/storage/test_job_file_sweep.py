@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
@@ -137,10 +137,15 @@ def test_the_sweep_reads_s3(
 def test_the_api_sweeps_job_files_when_it_starts(tmp_path: Path, pg_url: str) -> None:
     settings = Settings(data_dir=tmp_path, database_url=pg_url)
     storage = get_storage(settings)
-    with session_scope(pg_url) as session:
+    with session_scope(pg_url) as session:  # committed: the API's own sessions must see it
         job = make_job_row(session, finished_at=utcnow() - timedelta(hours=2))
         session.commit()
     key = f"jobs/{job.id}/checkpoints/epoch-0001-a1.safetensors"
     orphan = store(storage, tmp_path, key, 2 * HOUR)
-    with TestClient(create_app(settings)):
-        wait_for(lambda: not storage.exists(orphan), timeout=30, what="the start-up sweep")
+    try:
+        with TestClient(create_app(settings)):
+            wait_for(lambda: not storage.exists(orphan), timeout=30, what="the start-up sweep")
+    finally:  # other tests list this database's jobs
+        with session_scope(pg_url) as session:
+            session.execute(delete(Job).where(Job.id == job.id))
+            session.commit()
