@@ -1,12 +1,14 @@
 """The embedded broker: a consumer polling while a message is being written never sees it half."""
 
 import json
+import time
 from pathlib import Path
 from queue import Empty
 from typing import Any
 
 import pytest
-from kombu import Connection
+from celery.worker import state
+from kombu import Connection, Queue
 from kombu.transport import filesystem
 
 from app.core import filebroker, queue
@@ -84,3 +86,44 @@ def test_the_worker_and_the_api_producer_use_it(tmp_path: Path) -> None:
 
 def test_redis_keeps_kombus_transport() -> None:
     assert queue.broker_transport("redis://localhost:6379/0") is None
+
+
+def _consuming(data_dir: Path) -> tuple[Any, list[Any], Any]:
+    """A connection on the embedded broker, the bodies its consumer got, and the consumer."""
+    options = queue.broker_options(Settings(data_dir=data_dir))
+    conn = Connection("filesystem://", transport=filebroker.TRANSPORT, transport_options=options)
+    got: list[Any] = []
+    consumer = conn.Consumer(
+        [Queue(QUEUE, routing_key=QUEUE)],
+        callbacks=[lambda body, message: (got.append(body), message.ack())],
+        accept=["json"],
+    )
+    return conn, got, consumer
+
+
+def test_draining_delivers_then_times_out(tmp_path: Path) -> None:
+    conn, got, consumer = _consuming(tmp_path)
+    with consumer:
+        conn.Producer().publish({"job": 1}, routing_key=QUEUE, serializer="json")
+        conn.drain_events(timeout=5)
+        assert got == [{"job": 1}]
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.5)
+        assert time.monotonic() - started >= 0.5
+
+
+def test_a_worker_told_to_stop_polls_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, got, consumer = _consuming(tmp_path)
+    with consumer:
+        monkeypatch.setattr(state, "should_stop", 0)  # a warm shutdown's EX_OK
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=30)
+        assert time.monotonic() - started < 5, "polled out the timeout after the stop"
+        conn.Producer().publish({"job": 2}, routing_key=QUEUE, serializer="json")
+        with pytest.raises(TimeoutError):
+            conn.drain_events(timeout=1)
+        assert got == [], "a stopping worker takes no new message"
