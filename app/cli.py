@@ -78,9 +78,14 @@ def worker(
         queues or f"{settings.gpu_queue},{settings.cpu_queue}",
         "--pool",
         "prefork",
+        # Mingle (revoked ids and clocks from other workers, a 1 s wait at every start on
+        # Redis) and gossip serve task revocation, which this service never uses: a job is
+        # cancelled through its row, and workers report to the worker table.
+        "--without-gossip",
+        "--without-mingle",
     ]
-    if settings.embedded_broker:
-        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if settings.embedded_broker:  # no broadcast channel for heartbeat events
+        argv += ["--without-heartbeat"]
     celery.worker_main(argv)
 
 
