@@ -1,7 +1,5 @@
 """Stored checkpoint files of ended jobs that no row names are swept, each job once."""
 
-import os
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from app.jobs import service
 from app.main import create_app
 from tests.integration.storage.conftest import S3
 from tests.support.factories import make_job_row
+from tests.support.files import age
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,8 +32,7 @@ def store(storage: Storage, tmp_path: Path, key: str, age_s: float = 0) -> str:
     src.write_text(key)
     storage.put_file(src, key)
     if age_s and isinstance(storage, LocalStorage):
-        then = time.time() - age_s
-        os.utime(storage.path(key), (then, then))
+        age(storage.path(key), age_s)
     return key
 
 

@@ -1,7 +1,5 @@
 """Stored datasets that no row names are swept once old; named or fresh ones are kept."""
 
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from app.datasets.service import sweep_orphans
 from app.main import create_app
 from tests.integration.storage.conftest import S3
 from tests.support.factories import make_dataset_row
-from tests.support.files import write_tree
+from tests.support.files import age, write_tree
 from tests.support.processes import wait_for
 
 pytestmark = pytest.mark.integration
@@ -35,14 +33,6 @@ def named(session: Session, storage: Storage, tmp_path: Path) -> str:
     row.storage_key = store(storage, tmp_path, row.id)
     session.flush()
     return row.storage_key
-
-
-def age(root: Path, seconds: float) -> None:
-    """Make everything under `root` look `seconds` old."""
-    then = time.time() - seconds
-    for folder, _, files in os.walk(root):
-        for path in [folder, *(os.path.join(folder, name) for name in files)]:
-            os.utime(path, (then, then))
 
 
 def test_old_unnamed_datasets_go_and_the_rest_stay(db_session: Session, tmp_path: Path) -> None:
