@@ -1,6 +1,7 @@
 """The embedded broker: a consumer polling while a message is being written never sees it half."""
 
 import json
+import threading
 import time
 from pathlib import Path
 from queue import Empty
@@ -88,9 +89,9 @@ def test_redis_keeps_kombus_transport() -> None:
     assert queue.broker_transport("redis://localhost:6379/0") is None
 
 
-def _consuming(data_dir: Path) -> tuple[Any, list[Any], Any]:
+def _consuming(data_dir: Path, **transport_options: Any) -> tuple[Any, list[Any], Any]:
     """A connection on the embedded broker, the bodies its consumer got, and the consumer."""
-    options = queue.broker_options(Settings(data_dir=data_dir))
+    options = queue.broker_options(Settings(data_dir=data_dir)) | transport_options
     conn = Connection("filesystem://", transport=filebroker.TRANSPORT, transport_options=options)
     got: list[Any] = []
     consumer = conn.Consumer(
@@ -127,3 +128,43 @@ def test_a_worker_told_to_stop_polls_no_more(
         with pytest.raises(TimeoutError):
             conn.drain_events(timeout=1)
         assert got == [], "a stopping worker takes no new message"
+
+
+def _publish_later(data_dir: Path, delay: float) -> threading.Thread:
+    """Another connection (the API's, say) publishes a message after `delay` seconds."""
+
+    def publish() -> None:
+        time.sleep(delay)
+        with _consuming(data_dir)[0] as conn:
+            conn.Producer().publish({"job": 3}, routing_key=QUEUE, serializer="json")
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    return thread
+
+
+def test_a_waiting_consumer_wakes_when_a_message_arrives(tmp_path: Path) -> None:
+    conn, got, consumer = _consuming(tmp_path, polling_interval=30)
+    with consumer:
+        publisher = _publish_later(tmp_path, 0.3)
+        started = time.monotonic()
+        conn.drain_events(timeout=60)
+        publisher.join()
+        assert got == [{"job": 3}]
+        assert time.monotonic() - started < 10, "waited for the next poll, not the message"
+
+
+def test_without_inotify_it_polls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import inotify_simple
+
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(inotify_simple, "INotify", unavailable)
+    conn, got, consumer = _consuming(tmp_path, polling_interval=0.1)
+    with consumer:
+        publisher = _publish_later(tmp_path, 0.3)
+        conn.drain_events(timeout=30)
+        publisher.join()
+        assert got == [{"job": 3}]
+        assert conn.transport._arrivals is False  # polled: no watch was made
