@@ -164,9 +164,10 @@ NOTES = """
   for the same two cores (the row over the model alone: 1.30× on the second AMX Xeon,
   1.13-1.17× on the EPYC). So whether 3.5× is reached depends on the host's matrix units:
   met on the second AMX Xeon (4.47×) and on the AMX Xeon of runs 17 and 18 (4.31× and
-  4.04×), missed on the first (3.09×), on the AVX512-BF16 EPYC (2.89-3.02×; 3.41× in runs
-  19 and 20, the model alone 2.91× and 2.75×) and on AVX2, which has no native bf16
-  (1.24×).
+  4.04×), and on the AVX512-BF16 EPYC only in run 22 (3.58×, the model alone 2.62×);
+  missed on the first AMX Xeon (3.09×), on the AVX512-BF16 EPYC before (2.89-3.02×; 3.41×
+  in runs 19 and 20, the model alone 2.91× and 2.75×) and on AVX2, which has no native
+  bf16 (1.24×).
 - Service overhead compares each job with a core run right beside it, in six pairs whose
   order alternates (job first, then core first), and takes the median of the pairs' ratios:
   the machine's speed moves by tens of percent within minutes (one 10-epoch job's epochs ran
@@ -200,7 +201,9 @@ NOTES = """
   resume), the same host's own seconds were 0.51 s (8 pairs, ratio 1.21, steps 1.18×) and
   0.59 s in run 20 (ratio 1.25, steps 1.21×, core 9.1 s), an hour when the same host's API
   served half run 19's requests a second; 20 minutes later a run of the service rows alone
-  gave 0.42 s (ratio 1.15, steps 1.12×; the API back at 395 req/s, p99 16.7 ms).
+  gave 0.42 s (ratio 1.15, steps 1.12×; the API back at 395 req/s, p99 16.7 ms). In run 22
+  (2026-12-04), with the embedded broker's workers waking on inotify instead of polling, the
+  same host gave 1.13 (steps 1.14×, own 0.19 s, CPU ratio 1.15, core 7.1 s).
   On an AVX2 EPYC (2026-12-02 09:00) the service rows gave 1.21 (steps 1.19×, own 0.50 s,
   core 9.9 s). Beside it, in alternated pairs, neither the training child's priority (nice
   10 against 0: 1.13 against 1.11) nor the client's polling (every 0.25 s against every
@@ -219,24 +222,31 @@ NOTES = """
   a day when the same VM served 153 req/s (and the textbook loop ran at two thirds of its
   speed), p99 was 89 ms. `idle p99 ms`, the same load with no job, shows which day it was.
   On the AVX512-BF16 EPYC the saturated row served 456 req/s in run 19 (p99 while training
-  12.7 ms) and 233 req/s an hour later in run 20 (p99 71 ms, 43 ms with no job at all).
+  12.7 ms) and 233 req/s an hour later in run 20 (p99 71 ms, 43 ms with no job at all);
+  430 req/s in run 22 (p99 while training 15.1 ms, 8.5 ms with no job).
 - `forward ceiling ratio` is what micro-batching saves in the model itself: a 32-image
   forward of the served model against 32 one-image forwards, in-process on idle cores. On
   the AVX2 host and the AVX512 EPYC a one-image forward already keeps both cores busy, so
   batching gained 1.9-3× there, not the ≥10× of a GPU; on the second AMX Xeon it gained
   6.09×. The end-to-end ratio follows it loosely, on either side: 3.79 against 6.09 on that
   AMX Xeon, 3.65 against 5.31 and 3.78 against 6.23 on the AMX Xeon of runs 17 and 18, 3.16
-  against 2.53, 2.55 against 3.02, 2.87 against 2.84 and 2.43 against 2.86 in four runs on
-  the AVX512 EPYC (the last two runs 19 and 20), 1.88 against 1.89 and 2.15 against 2.36 in
+  against 2.53, 2.55 against 3.02, 2.87 against 2.84, 2.43 against 2.86 and 2.92 against
+  3.00 in five runs on the AVX512 EPYC (the last three runs 19, 20 and 22; folding each
+  BatchNorm into its convolution made both sides 3-6 % faster there and left the ceiling
+  where it was, so the service does not), 1.88 against 1.89 and 2.15 against 2.36 in
   two runs on AVX2 hosts. The ceiling is measured on idle cores; served forwards share the
   two cores with the load generator and 32 requests' HTTP and decoding, which moves both
   sides of the end-to-end ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
   the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11×, 0.95×,
-  0.93× and 1.21× in four runs on the AVX512 EPYC and 0.73× and 1.00× on AVX2 hosts, after
-  a first epoch that spends 20-95 s compiling (12 s in run 20, when inductor's cache in /tmp
-  was warm from run 19).
+  0.93×, 1.21× and 0.76× in five runs on the AVX512 EPYC (the last run 22) and 0.73× and
+  1.00× on AVX2 hosts, after a first epoch that spends 20-95 s compiling (12 s in run 20,
+  when inductor's cache in /tmp was warm from run 19; 48 s in run 22, on a new machine).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
+- Dispatch latency with the embedded broker is a wait for a file: idle workers wake when a
+  message is renamed into their queue folder (inotify; app/core/filebroker.py). In run 22 it
+  was 7.6 ms at the median (max 15.9 ms) against Redis's 9.6 ms; in run 20, when workers
+  polled the folder every 0.2 s, 41 ms (max 104 ms).
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
 """
