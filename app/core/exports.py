@@ -12,6 +12,7 @@ inside the file (ONNX metadata, TorchScript extra file `labels.json`).
 import json
 import threading
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ from app.core.storage import Storage, sha256_file
 FORMATS = {"onnx": "onnx", "torchscript": "pt"}
 TOLERANCE = 1e-3
 _lock = threading.Lock()  # exports are CPU-heavy: one at a time per process
+# torch 2.9+ deprecates TorchScript in favour of torch.export, and says so on every process's
+# first trace, save and load. The format is served on purpose (libtorch loads it without
+# Python; README, Exports): the notice is for this code's maintainers, not in operators' logs.
+warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
 
 
 class ExportFailed(AppError):
@@ -65,6 +70,7 @@ def _write_onnx(net: Any, sample: Any, out: Path, info: dict[str, Any]) -> Any:
         input_names=["image"],
         output_names=["logits"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),
+        verbose=False,  # else its progress goes to stdout: ~20 WARNING lines in a worker's log
     )
     program.model.metadata_props.update({"labels.json": json.dumps(info)})
     program.save(str(out))
