@@ -1,4 +1,4 @@
-"""The embedded broker: a consumer polling while a message is being written never sees it half."""
+"""The embedded broker: consumers never see half a message, wake when one arrives, and stop."""
 
 import json
 import threading
@@ -19,11 +19,16 @@ from worker.celery_app import create_celery
 QUEUE = "gpu"
 
 
+def _connection(
+    data_dir: Path, transport: str = filebroker.TRANSPORT, **transport_options: Any
+) -> Connection:
+    """A connection to the embedded broker's folders under `data_dir`, as the service sets them."""
+    options = queue.broker_options(Settings(data_dir=data_dir)) | transport_options
+    return Connection("filesystem://", transport=transport, transport_options=options)
+
+
 def _channel(data_dir: Path, transport: str) -> Any:
-    """A channel on the embedded broker's folders under `data_dir`, as the service sets them."""
-    options = queue.broker_options(Settings(data_dir=data_dir))
-    conn = Connection("filesystem://", transport=transport, transport_options=options)
-    return conn.default_channel
+    return _connection(data_dir, transport).default_channel
 
 
 def _poll_while_writing(
@@ -91,8 +96,7 @@ def test_redis_keeps_kombus_transport() -> None:
 
 def _consuming(data_dir: Path, **transport_options: Any) -> tuple[Any, list[Any], Any]:
     """A connection on the embedded broker, the bodies its consumer got, and the consumer."""
-    options = queue.broker_options(Settings(data_dir=data_dir)) | transport_options
-    conn = Connection("filesystem://", transport=filebroker.TRANSPORT, transport_options=options)
+    conn = _connection(data_dir, **transport_options)
     got: list[Any] = []
     consumer = conn.Consumer(
         [Queue(QUEUE, routing_key=QUEUE)],
@@ -135,7 +139,7 @@ def _publish_later(data_dir: Path, delay: float) -> threading.Thread:
 
     def publish() -> None:
         time.sleep(delay)
-        with _consuming(data_dir)[0] as conn:
+        with _connection(data_dir) as conn:
             conn.Producer().publish({"job": 3}, routing_key=QUEUE, serializer="json")
 
     thread = threading.Thread(target=publish)
