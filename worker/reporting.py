@@ -21,7 +21,7 @@ from app.core.storage import Storage, discard
 from worker.faults import Faults
 from worker.lease import AttemptInterrupted, Lease
 from worker.retry import retrying
-from worker.training.checkpoint import cpu_state_dict, save_weights, weights_metadata
+from worker.training.checkpoint import save_weights, weights_metadata
 from worker.training.loop import FitCallbacks
 from worker.training.resume import StateSnapshot, snapshot, write_state
 from worker.training.spec import TrainSpec
@@ -136,7 +136,7 @@ class DatabaseReporter(FitCallbacks):
         committed with the job's success instead (`commit_final`), so until then the epoch
         before stays the one to resume from, and a crash in between trains the last again.
         """
-        weights = cpu_state_dict(trainer.model.state_dict())
+        weights = trainer.weights_after(epoch)
         state = None if last else snapshot(trainer, epoch)
         self._wait_pending()
         self._pending = self._writer.submit(self._persist, epoch, clean(metrics), weights, state)

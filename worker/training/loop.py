@@ -6,7 +6,6 @@ from typing import Any
 import torch
 
 from worker.training.batches import Batches, DeviceBatches
-from worker.training.checkpoint import cpu_state_dict
 from worker.training.data import ImageSet, TrainData
 from worker.training.evaluation import report
 from worker.training.features import use_cached_features
@@ -136,7 +135,7 @@ def fit(
         trainer.check_finite(epoch, metrics)
         best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else None
         if _is_better(metrics, best):
-            trainer.best_epoch, best_state = epoch, cpu_state_dict(trainer.model.state_dict())
+            trainer.best_epoch, best_state = epoch, trainer.weights_after(epoch)
             best = metrics
         metrics["best_val_accuracy"] = best.get("val_accuracy") if best else None
         trainer.history.append(metrics)

@@ -148,6 +148,37 @@ def test_test_split_is_scored_with_the_best_weights(small_data) -> None:  # type
     )
 
 
+def test_one_weights_copy_per_epoch_for_best_and_checkpoint(small_data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """fit's best state and a reporter's checkpoint of the same epoch share one CPU copy."""
+    import worker.training.trainer as trainer_module
+
+    copies: list[int] = []
+    real_copy = trainer_module.cpu_state_dict
+
+    def counted(state):  # type: ignore[no-untyped-def]
+        copies.append(1)
+        return real_copy(state)
+
+    monkeypatch.setattr(trainer_module, "cpu_state_dict", counted)
+
+    class Checkpoints(FitCallbacks):
+        def __init__(self) -> None:
+            self.saved: dict[int, dict[str, torch.Tensor]] = {}
+
+        def on_epoch_end(self, epoch, metrics, trainer, *, last):  # type: ignore[no-untyped-def]
+            self.saved[epoch] = trainer.weights_after(epoch)
+            live = trainer.model.state_dict()
+            assert all(torch.equal(v, live[k]) for k, v in self.saved[epoch].items())
+
+    ckpts = Checkpoints()
+    result = fit(spec(epochs=3), small_data, ckpts)
+    assert len(copies) == 3  # one per epoch, whether or not it became the best
+    best = ckpts.saved[result.best_epoch]
+    later = [ckpts.saved[e] for e in ckpts.saved if e > result.best_epoch]
+    # Still the best epoch's weights: training on did not write into the shared copy.
+    assert all(not torch.equal(best["fc.weight"], w["fc.weight"]) for w in later)
+
+
 def test_schedules_warm_up_then_decay() -> None:
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
