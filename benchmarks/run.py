@@ -203,7 +203,16 @@ NOTES = """
   served half run 19's requests a second; 20 minutes later a run of the service rows alone
   gave 0.42 s (ratio 1.15, steps 1.12×; the API back at 395 req/s, p99 16.7 ms). In run 22
   (2026-12-04), with the embedded broker's workers waking on inotify instead of polling, the
-  same host gave 1.13 (steps 1.14×, own 0.19 s, CPU ratio 1.15, core 7.1 s).
+  same host gave 1.13 (steps 1.14×, own 0.19 s, CPU ratio 1.15, core 7.1 s). Timed per
+  call inside a worker there (2026-12-04, the 4-epoch job): each CPU copy an epoch makes
+  (weights, optimiser state) faulted ~7k fresh pages in during the first epoch, 20-100 ms of
+  the training thread each (5-10 ms later), so fit's best state and the checkpoint now share
+  one copy (the training thread's time in on_epoch_end fell from 0.21-0.29 s to 0.05-0.12 s
+  a job); the writer thread beside training spent 45-140 ms of CPU on an epoch's weights
+  file and 55-140 ms on its optimiser state, against 41 and ~15 ms alone. Without the
+  optimiser state files (alternated pairs, 7 each) the ratio was 1.19 against 1.20: within
+  the noise, as were the client polling every 2 s instead of every 0.25 s (1.14 against 1.17)
+  and the training child at nice 0 instead of 10 (1.12 against 1.06).
   On an AVX2 EPYC (2026-12-02 09:00) the service rows gave 1.21 (steps 1.19×, own 0.50 s,
   core 9.9 s). Beside it, in alternated pairs, neither the training child's priority (nice
   10 against 0: 1.13 against 1.11) nor the client's polling (every 0.25 s against every
