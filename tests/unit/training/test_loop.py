@@ -152,11 +152,12 @@ def test_one_weights_copy_per_epoch_for_best_and_checkpoint(small_data, monkeypa
     """fit's best state and a reporter's checkpoint of the same epoch share one CPU copy."""
     import worker.training.trainer as trainer_module
 
-    copies: list[int] = []
+    copies = 0
     real_copy = trainer_module.cpu_state_dict
 
     def counted(state):  # type: ignore[no-untyped-def]
-        copies.append(1)
+        nonlocal copies
+        copies += 1
         return real_copy(state)
 
     monkeypatch.setattr(trainer_module, "cpu_state_dict", counted)
@@ -164,19 +165,24 @@ def test_one_weights_copy_per_epoch_for_best_and_checkpoint(small_data, monkeypa
     class Checkpoints(FitCallbacks):
         def __init__(self) -> None:
             self.saved: dict[int, dict[str, torch.Tensor]] = {}
+            self.clones: dict[int, dict[str, torch.Tensor]] = {}
 
         def on_epoch_end(self, epoch, metrics, trainer, *, last):  # type: ignore[no-untyped-def]
             self.saved[epoch] = trainer.weights_after(epoch)
             live = trainer.model.state_dict()
             assert all(torch.equal(v, live[k]) for k, v in self.saved[epoch].items())
+            self.clones[epoch] = {k: v.clone() for k, v in live.items()}
 
     ckpts = Checkpoints()
     result = fit(spec(epochs=3), small_data, ckpts)
-    assert len(copies) == 3  # one per epoch, whether or not it became the best
+    assert copies == 3  # one per epoch, whether or not it became the best
     best = ckpts.saved[result.best_epoch]
     later = [ckpts.saved[e] for e in ckpts.saved if e > result.best_epoch]
     # Still the best epoch's weights: training on did not write into the shared copy.
     assert all(not torch.equal(best["fc.weight"], w["fc.weight"]) for w in later)
+    # Nor into any epoch's copy (the reporter writes it while the next epoch trains).
+    for epoch, clone in ckpts.clones.items():
+        assert all(torch.equal(v, clone[k]) for k, v in ckpts.saved[epoch].items())
 
 
 def test_schedules_warm_up_then_decay() -> None:
