@@ -5,6 +5,7 @@ without torch and pays for the import once, on first use.
 """
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -28,6 +29,37 @@ def backbone_names() -> frozenset[str]:
     from torchvision import models
 
     return frozenset(models.list_models(module=models))
+
+
+def _forward_problem(backbone: str, size: int) -> str | None:
+    """Why a forward pass of one size² image fails, or None; on the meta device (no memory)."""
+    import torch
+    from torchvision import models
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GoogLeNet's and Inception's init notices
+        model = models.get_model(backbone, weights=None, num_classes=2).eval()
+        try:
+            model(torch.empty(1, 3, size, size))
+        except Exception as exc:  # a shape check: AssertionError, RuntimeError, ...
+            return str(exc) or type(exc).__name__
+    return None
+
+
+@lru_cache(maxsize=512)
+def input_size_problem(backbone: str, image_size: int) -> str | None:
+    """Why `backbone` cannot take image_size² inputs (ViTs take one size; small maps vanish in
+    deep CNNs), or None. Found by shapes alone, before a worker trains for nothing.
+
+    Only when the model runs at 224 px on the meta device: some builders (RegNet) compute
+    with tensors while building, and nothing can be learnt from those.
+    """
+    try:
+        if _forward_problem(backbone, 224) is not None:
+            return None
+    except Exception:  # the builder itself needs real tensors
+        return None
+    return _forward_problem(backbone, image_size)
 
 
 def _weights_enum(backbone: str) -> Any:

@@ -25,6 +25,12 @@ def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
             f"{spec.backbone!r} is not a torchvision classification model; see GET /v1/backbones",
             "backbone_unknown",
         )
+    if (problem := registry.input_size_problem(spec.backbone, spec.image_size)) is not None:
+        raise _invalid(
+            "image_size",
+            f"{spec.backbone} cannot take {spec.image_size}×{spec.image_size} images: {problem}",
+            "image_size_unsupported",
+        )
     if isinstance(spec.weights, ModelRef):
         model = owned(session, Model, tenant, spec.weights.model_id)
         if model is None:

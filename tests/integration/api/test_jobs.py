@@ -32,6 +32,18 @@ def test_spec_defaults_are_filled_and_echoed(client: TestClient, dataset: dict) 
         ({"strategy": "half"}, 422, "validation_error", "body.strategy"),
         ({"learning_rate": -1}, 422, "validation_error", "body.learning_rate"),
         ({"backbone": "resnet9000"}, 422, "backbone_unknown", "body.backbone"),
+        (
+            {"backbone": "vit_b_16", "image_size": 32},
+            422,
+            "image_size_unsupported",
+            "body.image_size",
+        ),
+        (
+            {"backbone": "alexnet", "image_size": 32},
+            422,
+            "image_size_unsupported",
+            "body.image_size",
+        ),
         ({"weights": "IMAGENET9K_V9"}, 422, "weights_unknown", "body.weights"),
         ({"weights": {"model_id": "mdl_missing"}}, 422, "model_not_found", "body.weights.model_id"),
         ({"dataset_id": "ds_missing"}, 422, "dataset_not_found", "body.dataset_id"),

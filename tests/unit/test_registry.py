@@ -1,0 +1,21 @@
+"""Which input sizes a backbone takes, found on the meta device before any worker trains."""
+
+from app.core import registry
+
+
+def test_a_vit_takes_only_its_own_size() -> None:
+    assert registry.input_size_problem("vit_b_16", 224) is None
+    problem = registry.input_size_problem("vit_b_16", 32)
+    assert problem is not None and "Expected 224 but got 32" in problem
+
+
+def test_small_maps_vanish_in_deep_cnns_but_not_in_resnets() -> None:
+    assert registry.input_size_problem("resnet18", 16) is None
+    assert registry.input_size_problem("alexnet", 64) is None
+    problem = registry.input_size_problem("alexnet", 32)
+    assert problem is not None and "too small" in problem
+
+
+def test_a_builder_that_needs_real_tensors_is_not_judged() -> None:
+    # RegNet computes its widths with tensors while it is built: nothing to learn on meta.
+    assert registry.input_size_problem("regnet_x_400mf", 16) is None
