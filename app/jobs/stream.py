@@ -3,7 +3,9 @@
 Each API process polls the job's events (a cheap indexed query) so any number of API
 processes can serve streams without a shared bus. `id:` is the event id; a reconnecting
 client's `Last-Event-ID` resumes right after it, without loss or repeats. The stream ends
-after the job's terminal status event; sse-starlette sends keep-alive comments meanwhile.
+after the job's terminal status event, or at once when a client resumes after it (browsers
+reconnect to a closed stream with the last id they saw); sse-starlette sends keep-alive
+comments meanwhile.
 """
 
 import asyncio
@@ -16,21 +18,29 @@ from sqlalchemy import select
 from sse_starlette.sse import EventSourceResponse
 
 from app.core.db import get_sessionmaker
-from app.core.models import TERMINAL_STATUSES, JobEvent
+from app.core.models import TERMINAL_STATUSES, Job, JobEvent
 
 POLL_S = 0.5
 KEEPALIVE_S = 15
 
 
-def _newer(database_url: str, job_id: str, after: int, limit: int = 500) -> list[JobEvent]:
+def _poll(
+    database_url: str, job_id: str, after: int, limit: int = 500
+) -> tuple[bool, list[JobEvent]]:
+    """Whether the job had ended, then its events after `after`.
+
+    In that order: a job's terminal status commits with its event, so when it had ended
+    before the events were read, they hold its last one.
+    """
     with get_sessionmaker(database_url)() as session:
+        ended = session.scalar(select(Job.status).where(Job.id == job_id)) in TERMINAL_STATUSES
         stmt = (
             select(JobEvent)
             .where(JobEvent.job_id == job_id, JobEvent.id > after)
             .order_by(JobEvent.id)
             .limit(limit)
         )
-        return list(session.scalars(stmt))
+        return ended, list(session.scalars(stmt))
 
 
 def _is_terminal(event: JobEvent) -> bool:
@@ -39,7 +49,7 @@ def _is_terminal(event: JobEvent) -> bool:
 
 async def _events(database_url: str, job_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
     while True:
-        batch = await run_in_threadpool(_newer, database_url, job_id, after)
+        ended, batch = await run_in_threadpool(_poll, database_url, job_id, after)
         for event in batch:
             after = event.id
             payload = {
@@ -53,6 +63,8 @@ async def _events(database_url: str, job_id: str, after: int) -> AsyncIterator[d
             if _is_terminal(event):
                 return
         if not batch:
+            if ended:  # resumed after its terminal event
+                return
             await asyncio.sleep(POLL_S)
 
 

@@ -1,6 +1,7 @@
 """The whole flow through HTTP with a real worker process on Postgres and Redis."""
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,15 @@ def test_events_stream_live_and_resume(service: Service, digits10: Digits) -> No
     assert [e["id"] for e in listed] == [e["id"] for e in live]
     resumed = _sse(client, job["id"], **{"Last-Event-ID": live[2]["id"]})
     assert [e["id"] for e in resumed] == [e["id"] for e in live[3:]]
+    # A browser reconnects to a closed stream with the last id it saw: the stream must end
+    # at once, not wait (keep-alives reset any read timeout) for events that never come.
+    after_end: list[list[dict]] = []
+    reader = threading.Thread(
+        target=lambda: after_end.append(
+            _sse(client, job["id"], **{"Last-Event-ID": live[-1]["id"]})
+        ),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(timeout=10)
+    assert after_end == [[]], "the stream resumed after the terminal event did not end"
