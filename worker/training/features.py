@@ -6,6 +6,8 @@ it works for any torchvision model whose last layer is a Linear head; a probe ba
 that the head alone reproduces the model's logits, and otherwise caching is skipped.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -14,17 +16,23 @@ from worker.training.trainer import Trainer, _logits
 
 
 @torch.no_grad()
-def extract(trainer: Trainer, batches: DeviceBatches, head: nn.Module) -> FeatureBatches | None:
-    """Features of every image of `batches`, or None when the head is not the model's last op."""
+def extract(
+    trainer: Trainer, batches: DeviceBatches, head: nn.Module, poll: Callable[[], None]
+) -> FeatureBatches | None:
+    """Features of every image of `batches`, or None when the head is not the model's last op.
+
+    `poll` runs after every batch (a cancel check may raise there).
+    """
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].float()))
     trainer.model.eval()
     first_logits = None
     try:
-        for x, _ in batches.iterate(256):
+        for x, _ in batches.iterate(trainer.inference_batch(256)):
             with trainer.autocast():
                 logits = _logits(trainer.net(x)).float()
             first_logits = logits if first_logits is None else first_logits
+            poll()
     finally:
         hook.remove()  # before the check below: calling the head must not capture again
     if not captured or captured[0].ndim != 2:
@@ -37,7 +45,10 @@ def extract(trainer: Trainer, batches: DeviceBatches, head: nn.Module) -> Featur
 
 
 def use_cached_features(
-    trainer: Trainer, train: DeviceBatches, val: DeviceBatches | None
+    trainer: Trainer,
+    train: DeviceBatches,
+    val: DeviceBatches | None,
+    poll: Callable[[], None],
 ) -> tuple[FeatureBatches, FeatureBatches | None] | None:
     """Switch `trainer` to head-only training on cached features when that is exact."""
     spec = trainer.spec
@@ -46,9 +57,9 @@ def use_cached_features(
     head = trainer.model.get_submodule(trainer.freezing.head)
     if not isinstance(head, nn.Linear):
         return None
-    train_features = extract(trainer, train, head)
+    train_features = extract(trainer, train, head, poll)
     if train_features is None:
         return None
-    val_features = extract(trainer, val, head) if val is not None else None
+    val_features = extract(trainer, val, head, poll) if val is not None else None
     trainer.forward = head
     return train_features, val_features

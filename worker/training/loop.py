@@ -103,7 +103,7 @@ def fit(
         best_state, start = resume.best_model, resume.epoch + 1
     train_on: Batches = train
     val_on: Batches | None = val
-    if cached := use_cached_features(trainer, train, val):
+    if cached := use_cached_features(trainer, train, val, callbacks.check_stop):
         train_on, val_on = cached
     callbacks.on_start(
         {
@@ -131,7 +131,7 @@ def fit(
             **trainer.train_one_epoch(train_on, epoch, callbacks),
         }
         if val_on is not None:
-            metrics.update(trainer.evaluate(val_on, "val"))
+            metrics.update(trainer.evaluate(val_on, "val", callbacks.check_stop))
         trainer.check_finite(epoch, metrics)
         best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else None
         if _is_better(metrics, best):
@@ -150,12 +150,12 @@ def fit(
     trainer.model.load_state_dict(best_state)
     trainer.forward = trainer.net
     if test is not None:
-        test_metrics = trainer.evaluate(test, "test")
+        test_metrics = trainer.evaluate(test, "test", callbacks.check_stop)
         evaluation = report(
             trainer.last_confusion, spec.classes, "test", test_metrics["test_top5_accuracy"]
         )
     elif val is not None:
-        scored = trainer.evaluate(val, "val")
+        scored = trainer.evaluate(val, "val", callbacks.check_stop)
         evaluation = report(
             trainer.last_confusion, spec.classes, "val", scored["val_top5_accuracy"]
         )

@@ -200,16 +200,26 @@ class Trainer:
         what = f"the model's {name} became non-finite"
         raise TrainingDiverged(self.spec, epoch, what, self.amp is not None)
 
+    def inference_batch(self, preferred: int) -> int:
+        """Images per inference pass: `preferred`, or the micro-batch once an out-of-memory
+        error shrank it (inference needs less memory than a training step of that size)."""
+        return self.micro_batch if self.micro_batch < self.spec.batch_size else preferred
+
     @torch.inference_mode()
-    def evaluate(self, batches: Batches, prefix: str) -> dict[str, float]:
-        """Loss, top-1/top-5 accuracy and macro F1; `self.last_confusion` keeps the matrix."""
+    def evaluate(
+        self, batches: Batches, prefix: str, poll: Callable[[], None] = lambda: None
+    ) -> dict[str, float]:
+        """Loss, top-1/top-5 accuracy and macro F1; `self.last_confusion` keeps the matrix.
+
+        `poll` runs after every batch (a cancel check may raise there).
+        """
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct5 = torch.zeros((), device=self.device, dtype=torch.long)
         classes = self.spec.num_classes
         confusion = torch.zeros((classes, classes), device=self.device, dtype=torch.long)
         k = min(5, classes)
-        for x, y in batches.iterate(max(self.spec.batch_size, 64)):
+        for x, y in batches.iterate(self.inference_batch(max(self.spec.batch_size, 64))):
             with self.autocast():
                 logits = _logits(self.forward(x))
             logits = logits.float()
@@ -217,6 +227,7 @@ class Trainer:
             top = logits.topk(k, dim=1).indices
             confusion_update(confusion, y, top[:, 0])
             correct5 += (top == y[:, None]).any(dim=1).sum()
+            poll()
         n = max(1, len(batches))
         self.last_confusion = confusion
         return {

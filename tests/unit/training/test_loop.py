@@ -117,6 +117,46 @@ def test_cancel_is_polled_within_an_epoch(small_data) -> None:  # type: ignore[n
     assert rec.steps == 2 and rec.epochs == []
 
 
+class _StopAfterTraining(Recorder):
+    """Asks to stop once the last epoch has ended: during the best weights' evaluation."""
+
+    def should_stop(self) -> bool:
+        return bool(self.last and self.last[-1])
+
+
+def test_cancel_is_polled_in_the_final_evaluation(small_data) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TrainingCancelled):
+        fit(spec(epochs=1), small_data, _StopAfterTraining())
+
+
+def test_cancel_is_polled_while_features_are_cached(small_data) -> None:  # type: ignore[no-untyped-def]
+    rec = Recorder(stop_after_steps=0)
+    with pytest.raises(TrainingCancelled):
+        fit(spec(strategy="linear_probe", epochs=1), small_data, rec)
+    assert rec.steps == 0 and rec.info == {}  # stopped before the first step, even its start
+
+
+@pytest.mark.parametrize(("micro_batch", "largest"), [(None, 64), (8, 8)])
+def test_evaluation_shrinks_with_the_micro_batch(
+    small_data, monkeypatch, micro_batch, largest
+) -> None:  # type: ignore[no-untyped-def]
+    """After an out-of-memory error the runner retries with micro-batches; inference must
+    shrink with them, or an evaluation batch that does not fit fails every retry."""
+    from worker.training.batches import DeviceBatches
+
+    sizes: list[int] = []
+    iterate = DeviceBatches.iterate
+
+    def spy(self, batch_size, **kwargs):  # type: ignore[no-untyped-def]
+        if not kwargs.get("shuffle"):  # evaluation (training batches are shuffled)
+            sizes.append(batch_size)
+        return iterate(self, batch_size, **kwargs)
+
+    monkeypatch.setattr(DeviceBatches, "iterate", spy)
+    fit(spec(epochs=1, batch_size=32), small_data, Recorder(), micro_batch=micro_batch)
+    assert sizes and max(sizes) == largest
+
+
 def test_a_diverging_run_stops_before_saving_a_non_finite_epoch(small_data) -> None:  # type: ignore[no-untyped-def]
     # SGD at half the highest learning rate the API accepts: the losses grow for a few
     # epochs (BatchNorm keeps the training loss finite), then the validation logits overflow,
