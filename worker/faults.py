@@ -5,9 +5,11 @@
 - `crash_at_step=N`: the worker process kills itself (SIGKILL) at step N of every attempt;
 - `step_delay=S`: sleep S seconds after every step, so tests can act mid-epoch;
 - `crash_before_success=N`: attempt N kills its worker process (SIGKILL) once the last
-  epoch's files are written, before the job's success is committed.
+  epoch's files are written, before the job's success is committed;
+- `pause_before_success=S`: sleep S seconds there instead (logged), so tests can act then.
 """
 
+import logging
 import os
 import signal
 import time
@@ -15,6 +17,7 @@ import time
 import torch
 
 ENV = "FINETUNE_FAULTS"
+log = logging.getLogger(__name__)
 
 
 class Faults:
@@ -25,6 +28,7 @@ class Faults:
         self.crash_at_step = int(pairs["crash_at_step"]) if "crash_at_step" in pairs else None
         self.step_delay = float(pairs.get("step_delay", 0))
         self.crash_before_success = int(pairs.get("crash_before_success", 0))
+        self.pause_before_success = float(pairs.get("pause_before_success", 0))
         self.steps = 0
 
     def before_batch(self, size: int) -> None:
@@ -41,3 +45,6 @@ class Faults:
     def before_success(self, attempt: int) -> None:
         if attempt == self.crash_before_success:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.pause_before_success:
+            log.warning("fault: pausing %s s before success", self.pause_before_success)
+            time.sleep(self.pause_before_success)

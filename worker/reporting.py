@@ -17,6 +17,7 @@ from tensorboardX import SummaryWriter  # imported before the pool forks: not du
 from app.core.events import add_event, job_tenant
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Job
+from app.core.reaper import drop_resume_keys
 from app.core.storage import Storage, discard
 from worker.faults import Faults
 from worker.lease import AttemptInterrupted, Lease
@@ -59,6 +60,7 @@ class DatabaseReporter(FitCallbacks):
         self.progress_interval_s, self.cancel_interval_s = progress_interval_s, cancel_interval_s
         self.faults = faults or Faults("")
         self._last_progress = self._last_cancel_check = 0.0
+        self.steps = 0  # optimiser steps per epoch, known from the first step on
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future[None] | None = None
         self._board: Any = None
@@ -97,6 +99,7 @@ class DatabaseReporter(FitCallbacks):
 
     def on_step(self, epoch: int, step: int, steps: int) -> None:
         self.faults.after_step()
+        self.steps = steps
         now = time.monotonic()
         if now - self._last_progress < self.progress_interval_s:
             return
@@ -110,6 +113,16 @@ class DatabaseReporter(FitCallbacks):
             "fraction": fraction,
         }
         self.write(lambda session: self._fenced(session, progress=progress))
+
+    def epoch_progress(self, epoch: int) -> dict[str, Any]:
+        """The job's progress once `epoch` has ended."""
+        return {
+            "epoch": epoch,
+            "epochs": self.spec.epochs,
+            "step": self.steps,
+            "steps": self.steps,
+            "fraction": round(epoch / self.spec.epochs, 4),
+        }
 
     def should_stop(self) -> bool:
         self.lease.check()
@@ -220,28 +233,17 @@ class DatabaseReporter(FitCallbacks):
     def _commit(self, row: dict[str, Any]) -> None:
         """Commit an epoch's checkpoint as the one to resume from, with its events."""
         epoch, metrics = row["epoch"], row["metrics"]
-        progress = {
-            "epoch": epoch,
-            "epochs": self.spec.epochs,
-            "step": 0,
-            "steps": 0,
-            "fraction": round(epoch / self.spec.epochs, 4),
-        }
+        progress = self.epoch_progress(epoch)
         summary = {k: metrics.get(k) for k in SUMMARY_KEYS}
         stale: list[str] = []
 
         def change(session: Session) -> None:
+            if session.get(Checkpoint, row["id"]) is not None:
+                return  # an earlier try committed, and only its answer was lost
             self._fenced(
                 session, progress=progress, metrics=summary, lease_expires_at=self.lease.expiry()
             )
-            stale[:] = session.scalars(
-                select(Checkpoint.resume_key).where(
-                    Checkpoint.job_id == self.job_id, Checkpoint.resume_key.is_not(None)
-                )
-            )
-            session.execute(
-                update(Checkpoint).where(Checkpoint.job_id == self.job_id).values(resume_key=None)
-            )
+            stale[:] = drop_resume_keys(session, self.job_id)
             session.add(Checkpoint(**row))  # a fresh object per try: retries start clean
             self._epoch_events(session, row)
 

@@ -21,6 +21,7 @@ from app.core.db import end_if_idle, get_sessionmaker
 from app.core.events import add_event
 from app.core.ids import new_id
 from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, Tenant, utcnow
+from app.core.reaper import drop_resume_keys
 from app.core.storage import Storage, discard, get_storage, unreachable
 from worker.faults import Faults
 from worker.jobspec import JobFailure, build_spec, load_data
@@ -64,9 +65,16 @@ def claim(session: Session, settings: Settings, job_id: str) -> int | None:
         log.info("job %s waits: tenant %s runs %d jobs already", job_id, tenant, running)
         return None
     attempt = attempts + 1
-    session.execute(
+    # Conditional on what was read: on SQLite the SELECT above locks nothing, so a cancel or
+    # another worker's claim may have committed in between; then this one lost.
+    if not session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued, Job.attempts == attempts)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.queued,
+            Job.attempts == attempts,
+            Job.cancel_requested.is_(False),
+        )
         .values(
             status=JobStatus.running,
             attempts=attempt,
@@ -74,7 +82,9 @@ def claim(session: Session, settings: Settings, job_id: str) -> int | None:
             lease_expires_at=utcnow() + timedelta(seconds=settings.lease_s),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
         )
-    )
+    ).rowcount:
+        session.rollback()
+        return None
     add_event(
         session,
         job_id,
@@ -86,7 +96,9 @@ def claim(session: Session, settings: Settings, job_id: str) -> int | None:
     return attempt
 
 
-def _finish(lease: Lease, status: JobStatus, message: str, **values: Any) -> None:
+def _finish(lease: Lease, storage: Storage, status: JobStatus, message: str, **values: Any) -> None:
+    stale: list[str] = []
+
     def write() -> None:
         with lease.transaction() as session:
             if session.execute(
@@ -98,10 +110,13 @@ def _finish(lease: Lease, status: JobStatus, message: str, **values: Any) -> Non
                     add_event(
                         session, lease.job_id, "error", values["error"]["message"], values["error"]
                     )
+                if status == JobStatus.cancelled:  # never resumes (a failed job may be retried)
+                    stale[:] = drop_resume_keys(session, lease.job_id)
                 add_event(session, lease.job_id, "status", message, {"status": str(status)})
             session.commit()
 
     retrying(write)
+    discard(storage, *stale)
 
 
 def _warn_storage_out_of_reach(lease: Lease, exc: Exception) -> None:
@@ -120,12 +135,27 @@ def _warn_storage_out_of_reach(lease: Lease, exc: Exception) -> None:
         log.warning("job %s: could not record the storage outage", lease.job_id, exc_info=True)
 
 
-def _release(settings: Settings, lease: Lease, reason: str) -> None:
-    """Hand the job back (deploy, lost parent): another worker resumes it from its checkpoint."""
+def _release(settings: Settings, storage: Storage, lease: Lease, reason: str) -> None:
+    """Hand the job back (deploy, lost parent): another worker resumes it from its checkpoint.
 
-    def write() -> None:
+    Unless the user asked to cancel it meanwhile (SIGTERM is checked before the cancel flag):
+    then it ends cancelled here. A cancel that commits between the two updates leaves it
+    queued and flagged, which no worker claims and the reaper ends.
+    """
+    stale: list[str] = []
+
+    def write() -> JobStatus | None:
         with lease.transaction() as session:
             if session.execute(
+                update(Job)
+                .where(*lease.fence(), Job.cancel_requested.is_(True))
+                .values(status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
+            ).rowcount:
+                stale[:] = drop_resume_keys(session, lease.job_id)
+                status: JobStatus | None = JobStatus.cancelled
+                message = "job cancelled while running"
+                add_event(session, lease.job_id, "status", message, {"status": "cancelled"})
+            elif session.execute(
                 update(Job)
                 .where(*lease.fence())
                 .values(
@@ -136,20 +166,24 @@ def _release(settings: Settings, lease: Lease, reason: str) -> None:
                     enqueued_at=utcnow(),
                 )
             ).rowcount:
+                status = JobStatus.queued
+                message = f"attempt {lease.attempt} released ({reason}); queued to resume"
                 add_event(
-                    session,
-                    lease.job_id,
-                    "status",
-                    f"attempt {lease.attempt} released ({reason}); queued to resume",
-                    {"status": "queued", "reason": reason},
+                    session, lease.job_id, "status", message, {"status": "queued", "reason": reason}
                 )
+            else:
+                status = None
             session.commit()
+            return status
 
-    retrying(write)
-    try:
-        queue.enqueue(settings, lease.job_id)
-    except Exception:  # the reaper re-sends it
-        log.warning("could not re-enqueue released job %s", lease.job_id, exc_info=True)
+    status = retrying(write)
+    if status == JobStatus.cancelled:
+        discard(storage, *stale)
+    elif status == JobStatus.queued:
+        try:
+            queue.enqueue(settings, lease.job_id)
+        except Exception:  # the reaper re-sends it
+            log.warning("could not re-enqueue released job %s", lease.job_id, exc_info=True)
 
 
 def _resume_state(session: Session, storage: Storage, job_id: str) -> ResumeState | None:
@@ -173,6 +207,7 @@ def _record_success(
     """Succeed the job and create its model; the model id, or None if the fence refused.
 
     The last epoch's checkpoint is committed in the same transaction (`commit_final`).
+    Raises TrainingCancelled when a cancel was asked after the loop's last check.
     """
     stale: list[str] = []
 
@@ -220,16 +255,10 @@ def _record_success(
             }
             if result.evaluation is not None:
                 summary["evaluation"] = result.evaluation
-            progress = {
-                "epoch": last["epoch"],
-                "epochs": spec.epochs,
-                "step": 0,
-                "steps": 0,
-                "fraction": 1.0,
-            }
+            progress = {**reporter.epoch_progress(last["epoch"]), "fraction": 1.0}
             if not session.execute(
                 update(Job)
-                .where(*lease.fence())
+                .where(*lease.fence(), Job.cancel_requested.is_(False))
                 .values(
                     status=JobStatus.succeeded,
                     finished_at=utcnow(),
@@ -240,16 +269,18 @@ def _record_success(
                 )
             ).rowcount:
                 session.rollback()
-                return None
-            session.add(model)
-            stale[:] = session.scalars(
-                select(Checkpoint.resume_key).where(
-                    Checkpoint.job_id == lease.job_id, Checkpoint.resume_key.is_not(None)
+                if session.scalar(select(Job.cancel_requested).where(*lease.fence())):
+                    raise TrainingCancelled  # asked after the last check: the user's word wins
+                # An earlier try committed, and only its answer was lost: the same outcome.
+                return session.scalar(
+                    select(Job.model_id).where(
+                        Job.id == lease.job_id,
+                        Job.status == JobStatus.succeeded,
+                        Job.attempts == lease.attempt,
+                    )
                 )
-            )
-            session.execute(
-                update(Checkpoint).where(Checkpoint.job_id == lease.job_id).values(resume_key=None)
-            )
+            session.add(model)
+            stale[:] = drop_resume_keys(session, lease.job_id)
             add_event(
                 session,
                 lease.job_id,
@@ -260,7 +291,11 @@ def _record_success(
             session.commit()
             return model.id
 
-    model_id = retrying(write)
+    try:
+        model_id = retrying(write)
+    except TrainingCancelled:
+        reporter.discard_final()
+        raise
     if model_id is None:
         reporter.discard_final()
     discard(storage, *stale)  # a finished job never resumes: drop its optimiser state
@@ -363,15 +398,19 @@ def run_job(settings: Settings, job_id: str) -> None:
         with _sigterm_releases(lease), steady_heap():
             _train(settings, storage, lease, Faults())
     except TrainingCancelled:
-        _finish(lease, JobStatus.cancelled, "job cancelled while running")
+        _finish(lease, storage, JobStatus.cancelled, "job cancelled while running")
     except AttemptInterrupted as exc:
         if exc.reason == "lease_lost":
             log.warning("job %s attempt %d lost its lease; stopping", job_id, attempt)
         else:
-            _release(settings, lease, exc.reason)
+            _release(settings, storage, lease, exc.reason)
     except JobFailure as exc:
         _finish(
-            lease, JobStatus.failed, "job failed", error={"code": exc.code, "message": exc.message}
+            lease,
+            storage,
+            JobStatus.failed,
+            "job failed",
+            error={"code": exc.code, "message": exc.message},
         )
     except OperationalError:
         log.exception(
@@ -386,7 +425,7 @@ def run_job(settings: Settings, job_id: str) -> None:
             return
         log.exception("job %s failed", job_id)
         error = {"code": "training_error", "message": f"{type(exc).__name__}: {exc}"[:1000]}
-        _finish(lease, JobStatus.failed, "job failed", error=error)
+        _finish(lease, storage, JobStatus.failed, "job failed", error=error)
     finally:
         lease.stop()
         logs.job_id.reset(token)

@@ -4,7 +4,9 @@
 1. a `running` job whose lease expired lost its worker (killed, paused, partitioned): it goes
    back to `queued` to resume from its last checkpoint, or ends `failed`
    (`max_attempts_exceeded`) once crashes used up `max_attempts`, or `cancelled` if asked;
-2. a `queued` job that the broker no longer holds (Redis flushed or restarted, a send that
+2. a `queued` job whose cancel was asked while it ran (an attempt released it, e.g. on
+   SIGTERM, just as the user cancelled) ends `cancelled`: no worker claims it;
+3. a `queued` job that the broker no longer holds (Redis flushed or restarted, a send that
    failed while the broker was down) is sent again. Duplicate messages are harmless: only
    one worker wins the conditional claim.
 """
@@ -19,7 +21,7 @@ from sqlalchemy.orm import Session
 from app.core import queue
 from app.core.config import Settings
 from app.core.events import add_event
-from app.core.models import Job, JobStatus, utcnow
+from app.core.models import Checkpoint, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,26 @@ class ReapReport:
     failed: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+
+
+def drop_resume_keys(session: Session, job_id: str) -> list[str]:
+    """Unlink the job's optimiser-state files from its checkpoints; their keys, to delete.
+
+    For a job that will never resume (it succeeded or was cancelled). Files no row names are
+    deleted by the caller after its commit, or by `sweep_files` if that delete fails.
+    """
+    keys = list(
+        session.scalars(
+            select(Checkpoint.resume_key).where(
+                Checkpoint.job_id == job_id, Checkpoint.resume_key.is_not(None)
+            )
+        )
+    )
+    if keys:
+        session.execute(
+            update(Checkpoint).where(Checkpoint.job_id == job_id).values(resume_key=None)
+        )
+    return keys
 
 
 def _expire_leases(session: Session, settings: Settings, report: ReapReport) -> None:
@@ -44,6 +66,7 @@ def _expire_leases(session: Session, settings: Settings, report: ReapReport) -> 
         lost = f"attempt {job.attempts} lost its worker ({job.worker_id}): lease expired"
         if job.cancel_requested:
             values = {"status": JobStatus.cancelled, "finished_at": now}
+            drop_resume_keys(session, job.id)  # sweep_files deletes them
             report.cancelled.append(job.id)
         elif job.attempts - job.released >= settings.max_attempts:
             error = {
@@ -69,10 +92,30 @@ def _expire_leases(session: Session, settings: Settings, report: ReapReport) -> 
     session.commit()
 
 
+def _cancel_released(session: Session, report: ReapReport) -> None:
+    """End the queued jobs whose cancel was asked while they ran: claim() never takes them."""
+    stmt = (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued, Job.cancel_requested.is_(True))
+        .with_for_update(skip_locked=True)
+    )
+    for job_id in list(session.scalars(stmt)):
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(status=JobStatus.cancelled, finished_at=utcnow())
+        )
+        drop_resume_keys(session, job_id)  # sweep_files deletes them
+        add_event(session, job_id, "status", "job cancelled", {"status": "cancelled"})
+        report.cancelled.append(job_id)
+    session.commit()
+
+
 def _resend_lost(session: Session, settings: Settings, report: ReapReport) -> None:
     cutoff = utcnow() - timedelta(seconds=settings.requeue_grace_s)
     stmt = select(Job.id).where(
         Job.status == JobStatus.queued,
+        Job.cancel_requested.is_(False),
         (Job.enqueued_at.is_(None)) | (Job.enqueued_at < cutoff),
     )
     candidates = list(session.scalars(stmt))
@@ -96,9 +139,10 @@ def _resend_lost(session: Session, settings: Settings, report: ReapReport) -> No
 
 
 def reap(session: Session, settings: Settings) -> ReapReport:
-    """Expire lost leases and re-send lost messages; safe to run anywhere, any time."""
+    """Expire lost leases, end released cancels, re-send lost messages; safe anywhere, any time."""
     report = ReapReport()
     _expire_leases(session, settings, report)
+    _cancel_released(session, report)
     try:
         _resend_lost(session, settings, report)
     except Exception:  # broker down: the next round tries again

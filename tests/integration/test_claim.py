@@ -1,4 +1,5 @@
-"""The claim and the lease: one winner per job, a tenant's cap of jobs, a lost lease's stop."""
+"""The claim and the lease: one winner per job, a tenant's cap of jobs, a lost lease's stop,
+and a cancel that meets a release."""
 
 import logging
 import re
@@ -6,17 +7,29 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, text, update
+from sqlalchemy import event, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.db import get_sessionmaker
+from app.core.db import get_engine, get_sessionmaker
 from app.core.ids import new_id
-from app.core.models import LOCAL_TENANT, Dataset, Job, JobEvent, JobStatus, Worker
+from app.core.migrate import upgrade
+from app.core.models import (
+    LOCAL_TENANT,
+    Checkpoint,
+    Dataset,
+    Job,
+    JobEvent,
+    JobStatus,
+    Worker,
+)
+from app.core.reaper import reap
+from app.core.storage import get_storage
 from app.jobs.service import cancel, queue_info
-from tests.support.factories import make_dataset_row
+from tests.support.factories import committed_job, make_dataset_row
 from tests.support.processes import wait_for
+from worker import runner
 from worker.lease import AttemptInterrupted, Lease
 from worker.runner import claim
 
@@ -82,29 +95,24 @@ def test_a_late_renewal_is_logged_and_a_lost_lease_stops_the_attempt(
 ) -> None:
     """Committed for real: the lease thread renews through its own connections."""
     settings = Settings(data_dir=tmp_path, database_url=pg_url)
-    sessions = get_sessionmaker(pg_url)
-    with sessions() as session:
-        job = _job(session, make_dataset_row(session))
-        assert claim(session, settings, job.id) == 1
-    lease = _SlowFirstRenewal(sessions, job.id, 1, lease_s=0.6).start()
-    try:
-        with caplog.at_level(logging.WARNING, logger="worker.lease"):
-            wait_for(lambda: "lease renewed" in caplog.text, 10, "the late-renewal warning")
-            late = re.search(rf"{job.id} attempt 1: lease renewed ([\d.]+) s after", caplog.text)
-            assert late and float(late[1]) >= 0.6, caplog.text  # a 0.2 s wait + the 0.4 s renewal
-            with sessions() as session:  # the reaper gave the job to attempt 2
-                session.execute(update(Job).where(Job.id == job.id).values(attempts=2))
-                session.commit()
-            wait_for(lease.lost.is_set, 10, "the lease to be lost")
-        with pytest.raises(AttemptInterrupted, match="lease_lost"):
-            lease.check()
-    finally:
-        lease.stop()
+    with committed_job(pg_url) as (sessions, job):
         with sessions() as session:
-            session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
-            session.execute(delete(Job).where(Job.id == job.id))
-            session.execute(delete(Dataset).where(Dataset.id == job.dataset_id))
-            session.commit()
+            assert claim(session, settings, job.id) == 1
+        lease = _SlowFirstRenewal(sessions, job.id, 1, lease_s=0.6).start()
+        try:
+            with caplog.at_level(logging.WARNING, logger="worker.lease"):
+                wait_for(lambda: "lease renewed" in caplog.text, 10, "the late-renewal warning")
+                renewed = rf"{job.id} attempt 1: lease renewed ([\d.]+) s after"
+                late = re.search(renewed, caplog.text)
+                assert late and float(late[1]) >= 0.6, caplog.text  # a 0.2 s wait + 0.4 s renewal
+                with sessions() as session:  # the reaper gave the job to attempt 2
+                    session.execute(update(Job).where(Job.id == job.id).values(attempts=2))
+                    session.commit()
+                wait_for(lease.lost.is_set, 10, "the lease to be lost")
+            with pytest.raises(AttemptInterrupted, match="lease_lost"):
+                lease.check()
+        finally:
+            lease.stop()
 
 
 def test_a_worker_frozen_inside_a_write_does_not_hold_up_a_cancel(
@@ -114,12 +122,10 @@ def test_a_worker_frozen_inside_a_write_does_not_hold_up_a_cancel(
     row and the COMMIT: the database ends that transaction after a lease, so the user's
     cancel (and the reaper) get the row instead of waiting for the worker to wake."""
     settings = Settings(data_dir=tmp_path, database_url=pg_url)
-    sessions = get_sessionmaker(pg_url)
-    with sessions() as session:
-        job = _job(session, make_dataset_row(session))
-        assert claim(session, settings, job.id) == 1
-    lease = Lease(sessions, job.id, 1, lease_s=0.5)  # its renewals are done by hand here
-    try:
+    with committed_job(pg_url) as (sessions, job):
+        with sessions() as session:
+            assert claim(session, settings, job.id) == 1
+        lease = Lease(sessions, job.id, 1, lease_s=0.5)  # its renewals are done by hand here
         with lease.transaction() as frozen:
             renewed = frozen.execute(
                 update(Job).where(*lease.fence()).values(lease_expires_at=lease.expiry())
@@ -132,9 +138,87 @@ def test_a_worker_frozen_inside_a_write_does_not_hold_up_a_cancel(
                 assert time.monotonic() - started < 5
             with pytest.raises(DBAPIError, match="idle-in-transaction"):
                 frozen.commit()  # woken up: its write is gone, and retrying() tries again
-    finally:
+
+
+def test_a_claim_beaten_between_its_read_and_its_write_takes_nothing(tmp_path: Path) -> None:
+    """On SQLite (`make run`) the claim's SELECT locks nothing: a cancel committed right after
+    it must make the claim's UPDATE match no row, and the claim return None."""
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    upgrade(url)
+    settings = Settings(data_dir=tmp_path, database_url=url)
+    sessions = get_sessionmaker(url)
+    with sessions() as session:
+        job = _job(session, make_dataset_row(session))
+    beaten: list[str] = []
+
+    def cancel_first(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if "FROM tenant" in statement and not beaten:  # the claim read its job row
+            with sessions() as user:
+                beaten.append(cancel(user, LOCAL_TENANT, job.id).status)
+
+    event.listen(get_engine(url), "before_cursor_execute", cancel_first)
+    try:
         with sessions() as session:
-            session.execute(delete(JobEvent).where(JobEvent.job_id == job.id))
-            session.execute(delete(Job).where(Job.id == job.id))
-            session.execute(delete(Dataset).where(Dataset.id == job.dataset_id))
+            assert claim(session, settings, job.id) is None
+    finally:
+        event.remove(get_engine(url), "before_cursor_execute", cancel_first)
+    assert beaten == ["cancelled"]
+    with sessions() as session:
+        statuses = session.scalars(
+            select(JobEvent.data["status"].as_string()).where(JobEvent.job_id == job.id)
+        )
+        assert list(statuses) == ["cancelled"]  # no "running" after the terminal event
+
+
+def test_a_release_after_a_cancel_ends_the_job_cancelled(pg_url: str, tmp_path: Path) -> None:
+    """SIGTERM is checked before the cancel flag: an attempt released after the user's cancel
+    ends the job as cancelled (no worker would ever claim it), with its optimiser state."""
+    settings = Settings(data_dir=tmp_path, database_url=pg_url)
+    storage = get_storage(settings)
+    with committed_job(pg_url) as (sessions, job):
+        with sessions() as session:
+            assert claim(session, settings, job.id) == 1
+            state = tmp_path / "state"
+            state.write_bytes(b"optimiser state")
+            key = f"jobs/{job.id}/state/epoch-0001-a1.safetensors"
+            storage.put_file(state, key)
+            session.add(
+                Checkpoint(
+                    id=new_id("ckpt"),
+                    tenant_id=LOCAL_TENANT,
+                    job_id=job.id,
+                    epoch=1,
+                    metrics={},
+                    size_bytes=1,
+                    sha256="0" * 64,
+                    storage_key=f"jobs/{job.id}/checkpoints/epoch-0001-a1.safetensors",
+                    resume_key=key,
+                )
+            )
             session.commit()
+            assert cancel(session, LOCAL_TENANT, job.id).cancel_requested
+        runner._release(settings, storage, Lease(sessions, job.id, 1, 60), "shutdown")
+        with sessions() as session:
+            ended = session.get(Job, job.id)
+            assert ended is not None
+            assert ended.status == "cancelled" and ended.finished_at is not None
+            assert (
+                session.scalar(select(Checkpoint.resume_key).where(Checkpoint.job_id == job.id))
+                is None
+            )
+        assert not storage.exists(key)
+
+
+def test_the_reaper_ends_a_queued_job_whose_cancel_was_asked(
+    db_session: Session, tmp_path: Path
+) -> None:
+    """A cancel that commits between a release's two updates leaves the job queued and
+    flagged: the reaper ends it instead of sending it to workers that never claim it."""
+    settings = Settings(data_dir=tmp_path)
+    job = _job(db_session, make_dataset_row(db_session))
+    job.cancel_requested = True
+    db_session.commit()
+    report = reap(db_session, settings)
+    assert job.id in report.cancelled and job.id not in report.resent
+    db_session.refresh(job)
+    assert job.status == "cancelled" and job.finished_at is not None

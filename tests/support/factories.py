@@ -1,10 +1,24 @@
 """Rows and files as the worker would have written them, for API tests without training."""
 
-from sqlalchemy.orm import Session
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
 from torchvision import models
 
+from app.core.db import get_sessionmaker
 from app.core.ids import new_id
-from app.core.models import LOCAL_TENANT, Checkpoint, Dataset, Job, JobStatus, Model, utcnow
+from app.core.models import (
+    LOCAL_TENANT,
+    Checkpoint,
+    Dataset,
+    Job,
+    JobEvent,
+    JobStatus,
+    Model,
+    utcnow,
+)
 from app.core.storage import Storage, sha256_file
 from app.jobs.schemas import JobCreate
 from worker.training.checkpoint import save_weights, weights_metadata
@@ -102,3 +116,32 @@ def make_model(
     session.add(model)
     session.commit()
     return model
+
+
+@contextmanager
+def committed_job(url: str) -> Iterator[tuple[sessionmaker[Session], Job]]:
+    """A queued job committed for real (other sessions see it), removed afterwards with its
+    events and checkpoint rows. For code that opens its own sessions (workers, leases)."""
+    sessions = get_sessionmaker(url)
+    with sessions() as session:
+        dataset = make_dataset_row(session)
+        job = Job(
+            id=new_id("job"),
+            tenant_id=LOCAL_TENANT,
+            status=JobStatus.queued,
+            dataset_id=dataset.id,
+            spec={"epochs": 1},
+            progress={},
+            metrics={},
+        )
+        session.add(job)
+        session.commit()
+    try:
+        yield sessions, job
+    finally:
+        with sessions() as session:
+            for table in (JobEvent, Checkpoint):
+                session.execute(delete(table).where(table.job_id == job.id))
+            session.execute(delete(Job).where(Job.id == job.id))
+            session.execute(delete(Dataset).where(Dataset.id == job.dataset_id))
+            session.commit()

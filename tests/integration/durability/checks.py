@@ -28,11 +28,10 @@ def wait_epochs(cluster: Cluster, job_id: str, done: int) -> None:
 
     def ready() -> bool:
         job = cluster.client.get(f"/v1/jobs/{job_id}").json()
-        return (
-            job["status"] == "running"
-            and job["progress"]["epoch"] >= done
-            and job["progress"]["step"] > 0
-        )
+        if job["status"] != "running" or job["progress"]["epoch"] <= done:
+            return False  # (progress names the epoch under way, and the one just ended)
+        ckpts = cluster.client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+        return len(ckpts) >= done
 
     wait_for(ready, what=f"epoch {done + 1} of {job_id} under way")
 

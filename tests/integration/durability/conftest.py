@@ -117,6 +117,11 @@ class Cluster:
         wait_log(log, "ready.", proc)
         return proc
 
+    @property
+    def last_worker_log(self) -> Path:
+        """The log file of the worker started last."""
+        return self.root / f"worker{self._count}.log"
+
     def lease_log(self, job_id: str) -> str:
         """The workers' log lines on this job's leases: why an attempt was handed on."""
         return "\n".join(

@@ -21,6 +21,7 @@ from tests.integration.durability.checks import (
 )
 from tests.integration.durability.conftest import Cluster
 from tests.support.client import wait_job
+from tests.support.processes import wait_log
 
 pytestmark = pytest.mark.integration
 SLOW = "step_delay=0.15"  # about 1.5 s an epoch: room to strike mid-epoch
@@ -209,6 +210,47 @@ def test_cancel_while_queued_and_while_running(cluster: Cluster) -> None:
     assert cluster.job_row(queued_id).attempts == 0
     assert cluster.job_row(paused_id).attempts == 1
     assert cluster.job_row(queued_id).status == "cancelled"
+
+
+def _assert_cancelled_whole(cluster: Cluster, job_id: str) -> list[int]:
+    """One terminal event (cancelled), and no optimiser state kept: it never resumes.
+
+    The epochs whose checkpoints remain."""
+    assert wait_job(cluster.client, job_id, timeout=30)["status"] == "cancelled"
+    terminal = [
+        e["data"]["status"]
+        for e in events(cluster, job_id)
+        if e["type"] == "status" and e["data"]["status"] in {"succeeded", "failed", "cancelled"}
+    ]
+    assert terminal == ["cancelled"]
+    state = cluster.root / "var" / "artifacts" / "jobs" / job_id / "state"
+    assert not list(state.glob("*")), "a cancelled job keeps no optimiser state"
+    ckpts = cluster.client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+    return [c["epoch"] for c in ckpts]
+
+
+def test_a_cancel_then_a_sigterm_ends_the_job_cancelled(cluster: Cluster) -> None:
+    # SIGTERM is checked before the cancel flag, and here the flag would be polled only
+    # after 30 s: the release must see the cancel, not queue a job no worker would claim.
+    leaving = cluster.worker(faults=SLOW, cancel_poll_interval_s="30")
+    job_id = submit(cluster)
+    wait_epochs(cluster, job_id, 1)
+    assert cluster.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    leaving.send_signal(signal.SIGTERM)
+    leaving.wait(timeout=30)
+    assert _assert_cancelled_whole(cluster, job_id)
+    assert cluster.job_row(job_id).attempts == 1
+
+
+def test_a_cancel_after_the_last_step_still_cancels(cluster: Cluster) -> None:
+    # The user was told 202: a job that had trained every epoch when the cancel came ends
+    # cancelled all the same, without the last epoch's checkpoint.
+    worker = cluster.worker(faults="pause_before_success=4")
+    job_id = submit(cluster)
+    wait_log(cluster.last_worker_log, "fault: pausing", worker, timeout=120)
+    assert cluster.client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    assert _assert_cancelled_whole(cluster, job_id) == list(range(1, SPEC["epochs"]))
+    assert not cluster.client.get(f"/v1/jobs/{job_id}").json()["model_id"]
 
 
 def test_a_job_that_always_crashes_fails_after_max_attempts(cluster: Cluster) -> None:
