@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import ByteSize, Field, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED_BROKER = "filesystem://"
@@ -13,7 +13,8 @@ EMBEDDED_BROKER = "filesystem://"
 class Settings(BaseSettings):
     """Service configuration; every process (API, worker, CLI) builds it the same way."""
 
-    model_config = SettingsConfigDict(env_prefix="FINETUNE_", extra="ignore")
+    # Empty variables count as unset: compose passes `${VAR:-}` through as "".
+    model_config = SettingsConfigDict(env_prefix="FINETUNE_", extra="ignore", env_ignore_empty=True)
 
     data_dir: Path = Path("./var")
     database_url: str = ""
@@ -36,7 +37,9 @@ class Settings(BaseSettings):
         description="Most time one S3 request may take, body included (each moves at most "
         "one 50 MiB part): bounds an upload to a store that stops reading.",
     )
-    device: str = "auto"
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N."
+    )
     auth_required: bool = False
 
     gpu_queue: str = Field("gpu", description="Queue of training tasks (GPU workers).")
@@ -89,7 +92,7 @@ class Settings(BaseSettings):
         "host stays responsive.",
     )
     log_format: str = Field("json", pattern="^(json|text)$", description="json or text logs.")
-    log_level: str = Field("INFO")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     lease_s: float = Field(
         30.0, gt=0, description="A running attempt's lease; renewed every third."
     )
@@ -103,6 +106,25 @@ class Settings(BaseSettings):
         description="A Redis broker silent this long counts as down: a send gives up (the "
         "job stays queued and the reaper re-sends it) instead of waiting forever.",
     )
+
+    @field_validator("rate_limit_uploads", "rate_limit_jobs")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        """Refused at start, not as a 500 on the first request it limits."""
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like 20/minute: {exc}") from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value.upper()
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "Settings":

@@ -2,7 +2,7 @@
 
 Two queues: `gpu` carries training (workers on GPU hosts), `cpu` carries light work that
 should not wait behind hours of training nor hold a GPU (model exports). A single worker
-may consume both (`finetune up` does).
+may consume both (`finetune worker` without `--queues`); `finetune up` starts one per queue.
 """
 
 import re

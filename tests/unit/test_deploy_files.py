@@ -14,7 +14,8 @@ from app.core.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("migrate", "api", "worker-gpu", "worker-cpu")
 WORKERS = ("worker-gpu", "worker-cpu")
-DEFAULTED = re.compile(r"\$\{(\w+):-(.*)\}$")
+# Compose's `${VAR:-default}`: the default ends at the first `}` (braces do not nest).
+DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
 STORAGE_VOLUME = "artifacts"
 TORCH_VOLUME = "torch-cache"
 
@@ -32,10 +33,10 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
     return {key: _default(str(value)) for key, value in env.items()}
 
 
-def _default(value: str) -> str:
-    """What compose makes of `${VAR:-default}` when VAR is unset (a fresh checkout)."""
-    match = DEFAULTED.match(value)
-    return match.group(2) if match else value
+def _default(value: str, given: dict[str, str] | None = None) -> str:
+    """What compose makes of `${VAR:-default}`: VAR from `given` if set and not empty, else
+    the default (a fresh checkout sets nothing)."""
+    return DEFAULTED.sub(lambda m: (given or {}).get(m[1]) or m[2], value)
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -154,7 +155,8 @@ def test_gpu_worker_trains_on_one_gpu_and_stops_gracefully(services: dict[str, A
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert worker["stop_grace_period"] == "2m"
-    assert worker["shm_size"]
+    # No DataLoader worker processes (decoding runs in threads): no /dev/shm to enlarge.
+    assert "shm_size" not in worker
     assert worker["healthcheck"] == {"disable": True}
 
 
@@ -166,15 +168,21 @@ def test_cpu_worker_takes_the_light_queue_without_a_gpu(services: dict[str, Any]
     assert f"--queues {queues['gpu_queue']} " in _command(services["worker-gpu"]["command"])
 
 
-def test_the_s3_profile_serves_a_bucket_for_shared_storage(services: dict[str, Any]) -> None:
+def test_the_s3_profile_serves_a_bucket_for_shared_storage(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert services["minio"]["profiles"] == ["s3"] and services["minio-bucket"]["profiles"] == [
         "s3"
     ]
     assert "mc mb --ignore-existing local/finetune" in _command(services["minio-bucket"]["command"])
     env = services["api"]["environment"]
     assert env["FINETUNE_STORAGE_URL"] == "${FINETUNE_STORAGE_URL:-/data/artifacts}"
-    # An unset FINETUNE_STORAGE_OPTIONS must still parse as JSON for the settings object.
-    assert json.loads(_default(env["FINETUNE_STORAGE_OPTIONS"])) == {}
+    # Unset (a fresh checkout) or set as the file's header says, the settings must parse it.
+    minio = {"endpoint_url": "http://minio:9000"}
+    for given, expected in (({}, {}), ({"FINETUNE_STORAGE_OPTIONS": json.dumps(minio)}, minio)):
+        value = _default(env["FINETUNE_STORAGE_OPTIONS"], given)
+        monkeypatch.setenv("FINETUNE_STORAGE_OPTIONS", value)
+        assert Settings().storage_options == expected, value
 
 
 def test_every_container_bounds_its_host_cache(services: dict[str, Any]) -> None:
