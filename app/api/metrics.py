@@ -102,7 +102,11 @@ def _gpu_memory() -> Iterator[Metric]:
     import sys
 
     torch = sys.modules.get("torch")  # only report when this process already uses torch
-    if torch is not None and torch.cuda.is_available():
+    # ...and has finished importing it: the start-up warm-up imports torch in a thread, and
+    # a scrape meanwhile saw a half-built module (AttributeError: no torch.cuda, a 500).
+    if torch is None or getattr(torch.__spec__, "_initializing", False):
+        return
+    if torch.cuda.is_available():
         gauge = GaugeMetricFamily(
             "finetune_gpu_memory_bytes", "GPU memory allocated by predict", labels=["device"]
         )
