@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from app.api import health, openapi, problems
+from app.api.head import HeadAsGet
 from app.api.limits import BodySizeLimit
 from app.api.metrics import Metrics, MetricsMiddleware
 from app.api.metrics import router as metrics_router
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(resolved)
     problems.install(app)
     openapi.install(app)
+    app.add_middleware(HeadAsGet)  # innermost: the request metrics still say HEAD
     app.add_middleware(BodySizeLimit, settings=lambda: app.state.settings)
     app.add_middleware(problems.CatchUnhandled)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -47,6 +47,19 @@ def test_download_loads_into_plain_torchvision_and_honours_etag(
     assert meta["job_id"] == model["job_id"] and meta["epoch"] == "1" and meta["image_size"] == "16"
 
 
+def test_head_answers_every_get_route_with_its_headers(client: TestClient, model: dict) -> None:
+    """RFC 9110 requires HEAD wherever GET works: a download's size and ETag, unfetched."""
+    for path in (f"/v1/models/{model['id']}/content", f"/v1/models/{model['id']}", "/livez"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        for name in ("content-type", "content-length", "etag"):
+            assert head.headers.get(name) == got.headers.get(name), (path, name)
+    assert client.head("/v1/models/mdl_missing").status_code == 404
+    assert client.head("/v1/datasets").status_code == 200  # beside POST on the same path
+    paths = client.get("/openapi.json").json()["paths"]
+    assert not [p for p, ops in paths.items() if "head" in ops]  # documented once, as GET
+
+
 def test_predict_top_k_caps_at_class_count_and_reuses_the_loaded_model(
     client: TestClient, model: dict
 ) -> None:
