@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import AppError, TooManyRequests, Unauthorized
+from app.core.errors import AppError, Invalid, TooManyRequests, Unauthorized
 from app.core.storage import unreachable
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,12 @@ def install(app: FastAPI) -> None:
         errors = _validation_errors(exc)
         fields = ", ".join(e["field"] for e in errors[:5])
         return problem_response(
-            request, 422, "validation_error", f"invalid request: {fields}", errors=errors
+            request,
+            422,
+            "validation_error",
+            f"invalid request: {fields}",
+            title=Invalid.title,  # one title for every 422 (RFC 9110's name, not HTTPStatus's)
+            errors=errors,
         )
 
     @app.exception_handler(StarletteHTTPException)

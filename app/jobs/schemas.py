@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.api.pagination import Page
 
@@ -73,11 +73,14 @@ class JobCreate(BaseModel):
         "for GPU workers, it rarely pays on a CPU (README, Speed).",
     )
 
-    @model_validator(mode="after")
-    def _warmup_within_epochs(self) -> "JobCreate":
-        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
-            raise ValueError("warmup_epochs must be smaller than epochs")
-        return self
+    @field_validator("warmup_epochs")
+    @classmethod
+    def _warmup_within_epochs(cls, value: float, info: ValidationInfo) -> float:
+        """A field validator (not a model one), so that the 422 names `body.warmup_epochs`."""
+        epochs = info.data.get("epochs")  # absent when epochs itself was invalid
+        if value > 0 and epochs is not None and value >= epochs:
+            raise ValueError(f"warmup_epochs must be smaller than epochs ({epochs})")
+        return value
 
 
 class Progress(BaseModel):

@@ -31,6 +31,7 @@ def test_spec_defaults_are_filled_and_echoed(client: TestClient, dataset: dict) 
         ({"epochs": 0}, 422, "validation_error", "body.epochs"),
         ({"strategy": "half"}, 422, "validation_error", "body.strategy"),
         ({"learning_rate": -1}, 422, "validation_error", "body.learning_rate"),
+        ({"warmup_epochs": 5, "epochs": 2}, 422, "validation_error", "body.warmup_epochs"),
         ({"backbone": "resnet9000"}, 422, "backbone_unknown", "body.backbone"),
         (
             {"backbone": "vit_b_16", "image_size": 32},
@@ -57,6 +58,7 @@ def test_bad_specs_are_refused_naming_the_field(
     problem = response.json()
     assert response.headers["content-type"] == "application/problem+json"
     assert problem["code"] == code and _field(problem) == field
+    assert problem["title"] == "Unprocessable content"  # the same for the schema's and ours
 
 
 def test_missing_weights_file_is_refused_with_where_to_put_it(
