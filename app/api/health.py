@@ -1,7 +1,10 @@
 """Liveness and readiness probes (no key needed)."""
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
 
@@ -12,8 +15,18 @@ from app.core.migrate import schema_behind
 router = APIRouter(tags=["operations"])
 
 
+class Readiness(BaseModel):
+    """What /readyz found: `ok`, `pending` (warm-up) or `failing: why`, per check."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(
+        examples=[{"database": "ok", "broker": "ok", "storage": "ok", "warm_up": "ok"}]
+    )
+
+
 @router.get("/livez", summary="The process is up")
 def livez() -> dict[str, str]:
+    """200 while the process serves requests; nothing else is checked."""
     return {"status": "ok"}
 
 
@@ -33,11 +46,18 @@ def _database(session: Session) -> str:
 @router.get(
     "/readyz",
     summary="Database (with its schema), broker and storage answer; start-up warm-up is done",
-    responses={503: {"description": "A dependency is down or warm-up runs; the body says which"}},
+    responses={
+        200: {"model": Readiness, "description": "Ready"},
+        503: {"model": Readiness, "description": "A dependency is down or warm-up runs"},
+    },
 )
 def readyz(
     request: Request, session: SessionDep, settings: SettingsDep, storage: StorageDep
 ) -> JSONResponse:
+    """200 `{status: ok, checks}` when the database (at the current schema), the broker
+    and the storage answer and the start-up warm-up has finished; otherwise 503 with
+    the same body, each check saying what failed.
+    """
     checks: dict[str, str] = {}
     for name, probe in (
         ("database", lambda: _database(session)),

@@ -149,6 +149,10 @@ class MetricsMiddleware:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
 def metrics(request: Request) -> Response:
+    """Prometheus text format: HTTP requests and latency by route template, predict
+    latency, jobs by status, queue depth, live workers, training images/s and job
+    durations.
+    """
     return Response(
         generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
     )

@@ -4,6 +4,7 @@ FastAPI documents 422 as its own `HTTPValidationError` and knows nothing of the 
 that dependencies (401, 429) and middleware (413) produce; this rewrites them in one place.
 """
 
+import re
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,19 +22,99 @@ DESCRIPTIONS = {
     "429": "Rate limited; see Retry-After",
     "500": "Internal error; the detail holds a reference for the server log",
     "503": "Unavailable for now (the prediction queue is full, or the database or storage "
-    "did not answer); retry shortly",
+    "did not answer); retry after Retry-After",
+}
+# One typical problem per status, with a code users will meet (app/core/errors.py).
+EXAMPLES = {
+    "401": ("unauthorized", "missing or invalid API key", None),
+    "404": ("{kind}_not_found", "{kind} {id} does not exist", None),
+    "413": ("upload_too_large", "the upload is larger than 10737418240 bytes", None),
+    "422": (
+        "validation_error",
+        "invalid request: body.epochs",
+        [{"field": "body.epochs", "message": "Input should be less than or equal to 1000"}],
+    ),
+    "429": ("rate_limited", "too many uploads for this tenant: at most 20/minute", None),
+    "500": ("internal_error", "internal error; reference 7f3a9c2e1b4d in the server log", None),
+    "503": (
+        "database_unavailable",
+        "database did not answer; reference 7f3a9c2e1b4d in the server log",
+        None,
+    ),
+}
+TITLES = {
+    "401": "Unauthorized",
+    "404": "Not found",
+    "409": "Conflict",
+    "413": "Payload too large",
+    "422": "Unprocessable content",
+    "429": "Too many requests",
+    "500": "Internal server error",
+    "503": "Service unavailable",
 }
 
 
-def _problem(status: str) -> dict[str, Any]:
-    return {
-        "description": DESCRIPTIONS.get(status, "Error"),
-        "content": {"application/problem+json": {"schema": PROBLEM_REF}},
+def _header(description: str, example: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if example is not None:
+        schema["example"] = example
+    return {"description": description, "schema": schema}
+
+
+REQUEST_ID = _header("The request's id, as in the server's log lines", "3f2b7c1d9e8a4b6c")
+RETRY_AFTER = _header("Seconds to wait before trying again", "5")
+ETAG = _header("The file's sha256, quoted (strong ETag)")
+# Example ids in the documents, by path parameter.
+IDS = {
+    "dataset_id": "ds_0192f3a1b2c3d4e5f6a7b8",
+    "job_id": "job_0192f3a1b2c3d4e5f6a7b8",
+    "model_id": "mdl_0192f3a1b2c3d4e5f6a7b8",
+    "checkpoint_id": "ckpt_0192f3a1b2c3d4e5f6a7b8",
+    "name": "curves",
+}
+
+
+def _example_path(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: IDS.get(m[1], m[1]), path)
+
+
+CONFLICTS = {  # by the end of the path
+    "/retry": ("job_not_retryable", "job {id} is succeeded; only failed jobs can be retried"),
+    "/cancel": ("job_not_cancellable", "job {id} is already succeeded"),
+    "_id}": ("dataset_in_use", "dataset {id} is used by a queued or running job"),
+}
+
+
+def _problem(status: str, path: str) -> dict[str, Any]:
+    code, detail, errors = EXAMPLES.get(status, ("error", "error", None))
+    if status == "409":
+        code, detail = next(v for end, v in CONFLICTS.items() if path.endswith(end))
+    segment = path.split("/")[2] if path.startswith("/v1/") else ""
+    kind = {"datasets": "dataset", "jobs": "job", "models": "model"}.get(segment, "job")
+    code, detail = code.format(kind=kind), detail.format(kind=kind, id=IDS[f"{kind}_id"])
+    example: dict[str, Any] = {
+        "type": f"https://finetune.dev/problems/{code}",
+        "title": TITLES.get(status, "Error"),
+        "status": int(status),
+        "detail": detail,
+        "code": code,
+        "instance": _example_path(path),
     }
+    if errors:
+        example["errors"] = errors
+    response: dict[str, Any] = {
+        "description": DESCRIPTIONS.get(status, "Error"),
+        "content": {"application/problem+json": {"schema": PROBLEM_REF, "example": example}},
+    }
+    if status in {"429", "503"}:
+        response["headers"] = {"Retry-After": RETRY_AFTER}
+    return response
 
 
-def _statuses(path: str, method: str) -> set[str]:
-    statuses = {"422", "500"}
+def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[str]:
+    statuses = {"500"}
+    if operation.get("parameters") or operation.get("requestBody"):
+        statuses.add("422")  # only where something is parsed
     if path.startswith("/v1/"):
         statuses |= {"401", "503"}
         if "{" in path:
@@ -43,6 +124,17 @@ def _statuses(path: str, method: str) -> set[str]:
     if (path, method) in {("/v1/datasets", "post"), ("/v1/jobs", "post")}:
         statuses.add("429")
     return statuses
+
+
+def _headers(path: str, method: str, status: str, response: dict[str, Any]) -> None:
+    """Document the headers the service sets: every response's request id, and more."""
+    headers = response.setdefault("headers", {})
+    headers["X-Request-ID"] = REQUEST_ID
+    if method == "post" and status in {"201", "202"} and path in {"/v1/datasets", "/v1/jobs"}:
+        kind = path.removeprefix("/v1/").removesuffix("s")
+        headers["Location"] = _header("The new resource", f"{path}/{IDS[f'{kind}_id']}")
+    if status == "200" and path.endswith("/content"):
+        headers["ETag"] = ETAG
 
 
 def complete(app: FastAPI) -> dict[str, Any]:
@@ -56,13 +148,13 @@ def complete(app: FastAPI) -> dict[str, Any]:
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            wanted = _statuses(path, method) | {s for s in responses if s[0] == "4"}
+            wanted = _statuses(path, method, operation) | {s for s in responses if s[0] == "4"}
             if path == "/readyz":
-                continue  # its 503 is the readiness report, not a problem
-            if path in {"/livez", "/readyz"}:
-                wanted -= {"422"}
+                wanted -= {"503"}  # its 503 is the readiness report, not a problem
             for status in wanted:
-                responses[status] = _problem(status)
+                responses[status] = _problem(status, path)
+            for status, response in responses.items():
+                _headers(path, method, status, response)
     return schema
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import AppError, Invalid, TooManyRequests, Unauthorized
+from app.core.errors import AppError, Invalid, TooManyRequests, Unauthorized, Unavailable
 from app.core.storage import unreachable
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ def install(app: FastAPI) -> None:
             headers["WWW-Authenticate"] = "Bearer"
         if isinstance(exc, TooManyRequests):
             headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, Unavailable):  # e.g. the prediction queue is full
+            headers["Retry-After"] = "1"
         return problem_response(
             request,
             exc.status,

@@ -52,12 +52,18 @@ def upload_dataset(
 def list_datasets(
     session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
 ) -> dict:
+    """A cursor page of the tenant's datasets, newest first."""
     rows = service.list_(session, tenant, limit, after)
     return page_of(rows, limit, DatasetRead.model_validate)
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead, responses=problems(404))
+@router.get(
+    "/{dataset_id}", response_model=DatasetRead, responses=problems(404), summary="Get a dataset"
+)
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetRead:
+    """Classes (sorted) and their counts, images per split, size, sha256, and the
+    warnings of its upload (skipped hidden or OS files, duplicate images).
+    """
     return DatasetRead.model_validate(service.get(session, tenant, dataset_id))
 
 
@@ -74,5 +80,8 @@ def delete_dataset(
     storage: StorageDep,
     tenant: TenantDep,
 ) -> Response:
+    """Deletes the row and the stored images; jobs and models made from it stay. 409
+    `dataset_in_use` while a queued or running job uses it.
+    """
     service.delete(session, settings, storage, tenant, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

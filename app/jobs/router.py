@@ -50,6 +50,14 @@ def create_job(
         str | None, Header(max_length=200, description="Same key + same body → the same job.")
     ] = None,
 ) -> JobRead:
+    """Validate the spec against the dataset, the backbone and the weights (a 422 names
+    the field), record the job and queue it.
+
+    Every field but `dataset_id` has a default, echoed filled in the job's `spec`. With
+    an `Idempotency-Key` header the same key and body answer the first job again (200);
+    the same key with another body is refused (422 `idempotency_key_reused`). `Location`
+    names the new job.
+    """
     job, created = service.create(session, settings, tenant, spec, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
@@ -79,14 +87,21 @@ def list_jobs(
     limit: LimitQuery = 20,
     after: AfterQuery = None,
 ) -> dict:
+    """A cursor page of the tenant's jobs, newest first; `status` filters, `after` takes
+    the last page's `next_cursor`.
+    """
     rows = service.list_(session, tenant, status_, limit, after)
     page = page_of(rows, limit, lambda job: job)
     page["data"] = _read(session, settings, page["data"])
     return page
 
 
-@router.get("/{job_id}", response_model=JobRead, responses=problems(404))
+@router.get("/{job_id}", response_model=JobRead, responses=problems(404), summary="Get a job")
 def get_job(job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep) -> JobRead:
+    """Status, progress (epoch and step), the latest metrics, attempts, the error of a
+    failed job and, once it succeeded, its `model_id`. A queued job says why it waits
+    (`queue`).
+    """
     return _read(session, settings, [service.get(session, tenant, job_id)])[0]
 
 
@@ -100,6 +115,11 @@ def get_job(job_id: str, session: SessionDep, settings: SettingsDep, tenant: Ten
 def cancel_job(
     job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
 ) -> JobRead:
+    """A queued job ends `cancelled` at once; a running one within a few seconds (the
+    training loop polls the flag in every step and evaluation batch). A cancel
+    answered 202 always ends the job `cancelled`, even one that had finished
+    training. A job already in a terminal state: 409 `job_not_cancellable`.
+    """
     return _read(session, settings, [service.cancel(session, tenant, job_id)])[0]
 
 
@@ -113,6 +133,9 @@ def cancel_job(
 def retry_job(
     job_id: str, session: SessionDep, settings: SettingsDep, tenant: TenantDep
 ) -> JobRead:
+    """A `failed` job goes back to `queued` and resumes after its last committed epoch,
+    with a fresh budget of attempts. Any other status: 409 `job_not_retryable`.
+    """
     return _read(session, settings, [service.retry(session, settings, tenant, job_id)])[0]
 
 
@@ -146,6 +169,14 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last_event_id: Annotated[str | None, Header(description="SSE resume point.")] = None,
 ) -> Any:
+    """As JSON: a cursor page of the job's `status`, `epoch`, `checkpoint`, `warning`
+    and `error` events, oldest first (`after` = the last event id seen). An `epoch`
+    event's `data` holds the epoch (1-based) and its metrics.
+
+    With `Accept: text/event-stream`: the same events live, as Server-Sent Events (`id:`
+    = the event id, `event:` = its type, `data:` = the event as JSON); `Last-Event-ID`
+    resumes after it. The stream ends after the terminal status event.
+    """
     if "text/event-stream" in request.headers.get("accept", ""):
         service.get(session, tenant, job_id)  # 404 for a missing or another tenant's job
         resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
@@ -160,8 +191,16 @@ def list_events(
     }
 
 
-@router.get("/{job_id}/checkpoints", response_model=CheckpointPage, responses=problems(404))
+@router.get(
+    "/{job_id}/checkpoints",
+    response_model=CheckpointPage,
+    responses=problems(404),
+    summary="List a job's checkpoints, one per committed epoch",
+)
 def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> dict:
+    """Every committed epoch's weights file with its metrics, size and sha256, oldest
+    first, in one page.
+    """
     rows = service.checkpoints(session, tenant, job_id)
     return page_of(rows, len(rows) or 1, CheckpointRead.model_validate)
 
@@ -180,6 +219,9 @@ def download_checkpoint(
     storage: StorageDep,
     tenant: TenantDep,
 ) -> Response:
+    """The epoch's safetensors weights file (format: README, The weights file). `ETag`
+    is its sha256: `If-None-Match` answers 304; `Range` is honoured.
+    """
     row = service.checkpoint(session, tenant, job_id, checkpoint_id)
     name = f"{job_id}-epoch{row.epoch}.safetensors"
     return weights_file_response(request, storage, row.storage_key, row.sha256, name)
@@ -197,4 +239,7 @@ def job_plot(
     session: SessionDep,
     tenant: TenantDep,
 ) -> Response:
+    """Drawn from the job's history on request: `curves` (loss and accuracy per epoch)
+    or `confusion` (the confusion matrix of the job's evaluation report).
+    """
     return Response(service.plot(session, tenant, job_id, name), media_type="image/png")

@@ -84,11 +84,14 @@ class JobCreate(BaseModel):
 
 
 class Progress(BaseModel):
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    steps: int = 0
-    fraction: float = 0.0
+    """Where training stands: `step` of `steps` optimiser steps in `epoch` (1-based) of
+    `epochs`; after an epoch ends, its last step. Zeros until the first step."""
+
+    epoch: int = Field(0, examples=[3])
+    epochs: int = Field(0, examples=[10])
+    step: int = Field(0, examples=[120])
+    steps: int = Field(0, examples=[250])
+    fraction: float = Field(0.0, description="Of the whole job, 0 to 1.", examples=[0.248])
 
 
 class JobError(BaseModel):

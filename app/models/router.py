@@ -29,11 +29,20 @@ ModelCacheDep = Annotated[inference.ModelCache, Depends(model_cache)]
 def list_models(
     session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
 ) -> dict:
+    """A cursor page of the tenant's models (one per succeeded job), newest first."""
     return page_of(service.list_(session, tenant, limit, after), limit, ModelRead.model_validate)
 
 
-@router.get("/v1/models/{model_id}", response_model=ModelRead, responses=problems(404))
+@router.get(
+    "/v1/models/{model_id}",
+    response_model=ModelRead,
+    responses=problems(404),
+    summary="Get a model",
+)
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelRead:
+    """Backbone, classes in class-index order, image size, the best epoch's metrics with
+    the evaluation report, and the export formats made so far.
+    """
     return ModelRead.model_validate(service.get(session, tenant, model_id))
 
 
@@ -63,6 +72,12 @@ def download_model(
         ),
     ] = "safetensors",
 ) -> Response:
+    """`format=safetensors` (the default): the best epoch's weights file, which loads
+    with `strict=True` into `torchvision.models.get_model(backbone, weights=None,
+    num_classes=len(classes))`. `onnx` and `torchscript` are exported on first
+    request and checked against the torch model. `ETag` is the file's sha256:
+    `If-None-Match` answers 304; `Range` is honoured.
+    """
     if format != "safetensors":
         row, record = service.export(session, storage, tenant, model_id, format)
         suffix = "onnx" if format == "onnx" else "pt"
@@ -92,6 +107,12 @@ async def predict(
     files: Annotated[list[UploadFile], File(description="One or more images.")],
     top_k: Annotated[int, Query(ge=1, le=1000, description="Capped at the class count.")] = 5,
 ) -> PredictResponse:
+    """Multipart `files`: one or more images (JPEG, PNG, BMP, GIF, WebP or TIFF),
+    decoded exactly as training decoded them; `top_k` labels each, capped at the
+    class count. Concurrent requests share forward passes (dynamic micro-batching); a
+    full queue answers 503 `overloaded` with `Retry-After`. An unreadable image: 422
+    naming the file.
+    """
     if len(files) > settings.max_predict_files:
         raise Invalid(
             f"at most {settings.max_predict_files} files per request",
@@ -122,4 +143,8 @@ async def predict(
     summary="Backbones and weights this install can use, and which weight files are present",
 )
 def list_backbones(_: TenantDep) -> dict:
+    """Every torchvision classification model, its weight enums, and whether each weight
+    file is in this host's cache (`TORCH_HOME`): a job may start only from weights
+    present (no download is attempted).
+    """
     return {"data": registry.describe_backbones(), "has_more": False, "next_cursor": None}

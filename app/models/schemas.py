@@ -37,7 +37,30 @@ class Prediction(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    model_id: str
+    """One prediction per uploaded file, in upload order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "mdl_0192f3a1b2c3d4e5f6a7b8",
+                    "predictions": [
+                        {
+                            "filename": "flower.jpg",
+                            "label": "rose",
+                            "score": 0.97,
+                            "top_k": [
+                                {"label": "rose", "score": 0.97},
+                                {"label": "tulip", "score": 0.02},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    model_id: str = Field(examples=["mdl_0192f3a1b2c3d4e5f6a7b8"])
     predictions: list[Prediction]
 
 
@@ -56,9 +79,11 @@ class BackboneRead(BaseModel):
 
 
 class BackboneList(BaseModel):
+    """Every backbone in one page (the list envelope of every other list)."""
+
     data: list[BackboneRead]
-    has_more: bool = False
-    next_cursor: str | None = None
+    has_more: bool = Field(False, description="Always false: one page holds them all.")
+    next_cursor: str | None = Field(None, description="Always null.")
 
 
 ModelPage = Page[ModelRead]

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
+from app.core.errors import Unavailable
 from app.core.migrate import alembic_config
 from app.main import create_app
 
@@ -137,6 +138,23 @@ def test_openapi_documents_every_route_with_problems(client: TestClient) -> None
     schemas = spec["components"]["schemas"]
     assert "Problem" in schemas and "examples" in schemas["JobCreate"]
     assert client.get("/docs").status_code == 200
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            where = (path, method)
+            assert op.get("summary") and op.get("description"), where
+            assert ("422" in op["responses"]) == bool(op.get("parameters") or "requestBody" in op)
+            for status, response in op["responses"].items():
+                assert "X-Request-ID" in response["headers"], (*where, status)
+                if status[0] in "45" and where != ("/readyz", "get"):
+                    example = response["content"]["application/problem+json"]["example"]
+                    assert example["status"] == int(status) and "{" not in example["instance"]
+    for path in ("/v1/datasets", "/v1/jobs"):
+        created = paths[path]["post"]["responses"]["201" if "datasets" in path else "202"]
+        assert created["headers"]["Location"]["schema"]["example"].startswith(path + "/")
+    download = paths["/v1/models/{model_id}/content"]["get"]["responses"]["200"]
+    assert "ETag" in download["headers"]
+    conflict = paths["/v1/datasets/{dataset_id}"]["delete"]["responses"]["409"]
+    assert conflict["content"]["application/problem+json"]["example"]["code"] == "dataset_in_use"
 
 
 def test_unhandled_errors_are_problems_without_traces(client: TestClient) -> None:
@@ -157,6 +175,16 @@ def test_unhandled_errors_are_problems_without_traces(client: TestClient) -> Non
     response = client.get("/silent-store")
     assert response.status_code == 503 and response.headers["retry-after"] == "5"
     assert response.json()["code"] == "storage_unavailable"
+
+
+def test_an_overloaded_service_says_when_to_retry(client: TestClient) -> None:
+    @client.app.get("/busy")  # type: ignore[attr-defined]
+    def busy() -> None:
+        raise Unavailable("prediction queue is full; retry shortly", code="overloaded")
+
+    response = client.get("/busy")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["code"] == "overloaded"
 
 
 def test_a_database_that_does_not_answer_is_a_503(tmp_path: Path) -> None:
