@@ -120,13 +120,16 @@ def cached_images(
 def stratified_split(
     labels: torch.Tensor, fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class split: (train positions, val positions); each class keeps ≥1 in train."""
+    """Seeded per-class split: (train positions, val positions); each class keeps ≥1 in train
+    and, when `fraction` > 0 and it has 2 images or more, gives ≥1 to val (a class of 2 at
+    0.2 rounded to none, and a dataset of such classes had no validation at all)."""
     gen = torch.Generator().manual_seed(seed)
     train, val = [], []
     for cls in torch.unique(labels):
         idx = torch.nonzero(labels == cls).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_val = min(round(len(idx) * fraction), len(idx) - 1)
+        least = 1 if fraction > 0 else 0
+        n_val = min(max(round(len(idx) * fraction), least), len(idx) - 1)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values

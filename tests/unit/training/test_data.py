@@ -45,6 +45,15 @@ def test_stratified_split_keeps_every_class_in_train() -> None:
     assert torch.equal(train, again)
 
 
+def test_every_class_of_two_images_or_more_gives_one_to_validation() -> None:
+    # 2 × 0.2 rounds to 0: a dataset of such small classes got no validation set at all.
+    labels = torch.tensor([0] * 2 + [1] * 3 + [2] * 1)
+    train, val = stratified_split(labels, 0.2, seed=0)
+    assert sorted(labels[val].tolist()) == [0, 1] and set(labels[train].tolist()) == {0, 1, 2}
+    _, none = stratified_split(labels, 0.0, seed=0)
+    assert len(none) == 0
+
+
 def test_device_batches_normalise_in_channels_last() -> None:
     data = ImageSet(torch.full((5, 3, 4, 4), 255, dtype=torch.uint8), torch.arange(5))
     batches = DeviceBatches(data, torch.device("cpu"), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
