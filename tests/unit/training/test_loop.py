@@ -326,3 +326,15 @@ def test_per_class_scores_match_a_hand_count() -> None:
         "support": 2,
     }
     assert out["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_macro_averages_skip_classes_that_never_occur() -> None:
+    # As scikit-learn's: a class in neither the labels nor the predictions of a small split
+    # is left out, not scored 0 (perfect predictions read 0.75 with one class absent).
+    from worker.training.evaluation import confusion_update, macro_f1, report
+
+    confusion = torch.zeros((4, 4), dtype=torch.long)
+    confusion_update(confusion, torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
+    out = report(confusion, ["a", "b", "c", "d"], "val", top5=1.0)
+    assert macro_f1(confusion) == out["macro_f1"] == out["macro_recall"] == 1.0
+    assert out["per_class"]["d"]["support"] == 0
