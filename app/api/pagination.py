@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Select
 
 from app.core import ids
+from app.core.errors import Invalid, field_error
 
 T = TypeVar("T")
 
@@ -29,9 +30,22 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = Field(None, examples=[None])
 
 
+# The id prefix of each listed table (app.core.ids.new_id): a cursor of another kind is a
+# mistake to report, not a position (`job_…` sorts after every `ds_…`: an empty page).
+PREFIXES = {"dataset": "ds_", "job": "job_", "model": "mdl_"}
+
+
 def paginate(stmt: Select, id_column, limit: int, after: str | None) -> Select:  # type: ignore[type-arg, no-untyped-def]
     """Newest first, strictly older than `after`; fetches one extra row to know `has_more`."""
     if after:
+        prefix = PREFIXES[id_column.class_.__tablename__]
+        if not after.startswith(prefix):
+            message = f"not a cursor of this list (next_cursor of its previous page: {prefix}…)"
+            raise Invalid(
+                f"after: {message}",
+                code="validation_error",
+                errors=[field_error("query.after", message)],
+            )
         stmt = stmt.where(id_column < after)
     return stmt.order_by(id_column.desc()).limit(limit + 1)
 

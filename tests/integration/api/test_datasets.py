@@ -101,6 +101,11 @@ def test_list_pages_newest_first(client: TestClient, digits_zip: Path) -> None:
     assert [d["id"] for d in first["data"]] == ids[::-1][:2] and first["has_more"]
     second = client.get("/v1/datasets", params={"limit": 2, "after": first["next_cursor"]}).json()
     assert second["data"][0]["id"] == ids[0]
+    # A cursor of another list (or none of ours) read as a position: the whole list, or none.
+    for wrong in ("job_0192f3a1b2c3d4e5f6a7b8", "zzz"):
+        response = client.get("/v1/datasets", params={"after": wrong})
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "query.after"
 
 
 def test_delete_removes_row_and_files(
