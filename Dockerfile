@@ -9,8 +9,10 @@
 FROM python:3.11-slim AS builder
 
 # The CUDA wheels bundle their own CUDA runtime; the host needs only an NVIDIA driver
-# recent enough for that CUDA version (and the NVIDIA Container Toolkit).
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124
+# recent enough for that CUDA version (and the NVIDIA Container Toolkit). cu130 is the build
+# the suite runs with (torch 2.14 + cu130; the cu124 index ends at torch 2.6). For an older
+# driver pass an older CUDA index as TORCH_INDEX_URL, and get the torch that index holds.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
