@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.pagination import Page
 
@@ -22,6 +22,15 @@ class ModelRead(BaseModel):
         description="Made exports: format → sha256, size and the checked max abs difference.",
     )
     created_at: datetime
+
+    @field_validator("exports")
+    @classmethod
+    def _public(cls, exports: dict[str, Any]) -> dict[str, Any]:
+        """Where the service stores a file is its own business (and may name its bucket)."""
+        return {
+            fmt: {k: v for k, v in record.items() if k != "storage_key"}
+            for fmt, record in exports.items()
+        }
 
 
 class LabelScore(BaseModel):

@@ -129,6 +129,7 @@ def test_exports_are_checked_and_agree_with_the_weights(service: Service, traine
     recorded = client.get(f"/v1/models/{model_id}").json()["exports"]
     assert set(recorded) == {"onnx", "torchscript"}
     assert all(e["max_abs_diff"] < e["tolerance"] for e in recorded.values())
+    assert not any("storage_key" in e for e in recorded.values())  # storage stays private
     again = client.get(f"/v1/models/{model_id}/content", params={"format": "onnx"})
     assert again.headers["etag"] == f'"{recorded["onnx"]["sha256"]}"'
     assert (
