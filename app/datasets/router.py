@@ -40,6 +40,7 @@ def upload_dataset(
         Form(
             description="Display name; defaults to the file name. No control characters.",
             pattern=service.DISPLAY_NAME,
+            max_length=200,
         ),
     ] = None,
 ) -> DatasetRead:

@@ -53,6 +53,11 @@ def test_split_tarball_with_junk_is_accepted_with_warnings(
     assert body["splits"]["val"] == 4 and body["splits"]["train"] == 8
     assert {w["code"] for w in body["warnings"]} == {"junk_skipped", "tiny_image"}  # 16 px digits
     assert response.headers["location"] == f"/v1/datasets/{body['id']}"
+    with archive.open("rb") as fh:  # a name too long is refused, not cut short
+        response = client.post(
+            "/v1/datasets", files={"file": ("d.tar.gz", fh)}, data={"name": "x" * 201}
+        )
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "body.name"
 
 
 def test_bad_archive_is_refused_naming_every_bad_file_and_keeps_nothing(
