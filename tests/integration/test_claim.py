@@ -18,7 +18,6 @@ from app.core.migrate import upgrade
 from app.core.models import (
     LOCAL_TENANT,
     Checkpoint,
-    Dataset,
     Job,
     JobEvent,
     JobStatus,
@@ -27,31 +26,16 @@ from app.core.models import (
 from app.core.reaper import reap
 from app.core.storage import get_storage
 from app.jobs.service import cancel, queue_info
-from tests.support.factories import committed_job, make_dataset_row
+from tests.support.factories import committed_job, make_bare_job, make_dataset_row
 from tests.support.processes import wait_for
 from worker import runner
 from worker.lease import AttemptInterrupted, Lease
 from worker.runner import claim
 
 
-def _job(session: Session, dataset: Dataset, status: JobStatus = JobStatus.queued) -> Job:
-    job = Job(
-        id=new_id("job"),
-        tenant_id=LOCAL_TENANT,
-        status=status,
-        dataset_id=dataset.id,
-        spec={"epochs": 1},
-        progress={},
-        metrics={},
-    )
-    session.add(job)
-    session.commit()
-    return job
-
-
 def test_claim_has_one_winner(db_session: Session, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, max_running_jobs_per_tenant=5)
-    job = _job(db_session, make_dataset_row(db_session))
+    job = make_bare_job(db_session, make_dataset_row(db_session))
     assert claim(db_session, settings, job.id) == 1
     assert claim(db_session, settings, job.id) is None  # already running: nobody else wins
     db_session.refresh(job)
@@ -61,8 +45,8 @@ def test_claim_has_one_winner(db_session: Session, tmp_path: Path) -> None:
 def test_a_tenant_at_its_cap_waits_and_is_told_why(db_session: Session, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, max_running_jobs_per_tenant=1)
     dataset = make_dataset_row(db_session)
-    _job(db_session, dataset, JobStatus.running)
-    waiting = _job(db_session, dataset)
+    make_bare_job(db_session, dataset, JobStatus.running)
+    waiting = make_bare_job(db_session, dataset)
     assert claim(db_session, settings, waiting.id) is None
     db_session.refresh(waiting)
     assert waiting.status == "queued" and waiting.attempts == 0
@@ -148,7 +132,7 @@ def test_a_claim_beaten_between_its_read_and_its_write_takes_nothing(tmp_path: P
     settings = Settings(data_dir=tmp_path, database_url=url)
     sessions = get_sessionmaker(url)
     with sessions() as session:
-        job = _job(session, make_dataset_row(session))
+        job = make_bare_job(session, make_dataset_row(session))
     beaten: list[str] = []
 
     def cancel_first(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
@@ -215,7 +199,7 @@ def test_the_reaper_ends_a_queued_job_whose_cancel_was_asked(
     """A cancel that commits between a release's two updates leaves the job queued and
     flagged: the reaper ends it instead of sending it to workers that never claim it."""
     settings = Settings(data_dir=tmp_path)
-    job = _job(db_session, make_dataset_row(db_session))
+    job = make_bare_job(db_session, make_dataset_row(db_session))
     job.cancel_requested = True
     db_session.commit()
     report = reap(db_session, settings)

@@ -118,24 +118,29 @@ def make_model(
     return model
 
 
+def make_bare_job(session: Session, dataset: Dataset, status: JobStatus = JobStatus.queued) -> Job:
+    """A bare job row of `dataset` (as claim and the reaper see one), committed."""
+    job = Job(
+        id=new_id("job"),
+        tenant_id=LOCAL_TENANT,
+        status=status,
+        dataset_id=dataset.id,
+        spec={"epochs": 1},
+        progress={},
+        metrics={},
+    )
+    session.add(job)
+    session.commit()
+    return job
+
+
 @contextmanager
 def committed_job(url: str) -> Iterator[tuple[sessionmaker[Session], Job]]:
     """A queued job committed for real (other sessions see it), removed afterwards with its
     events and checkpoint rows. For code that opens its own sessions (workers, leases)."""
     sessions = get_sessionmaker(url)
     with sessions() as session:
-        dataset = make_dataset_row(session)
-        job = Job(
-            id=new_id("job"),
-            tenant_id=LOCAL_TENANT,
-            status=JobStatus.queued,
-            dataset_id=dataset.id,
-            spec={"epochs": 1},
-            progress={},
-            metrics={},
-        )
-        session.add(job)
-        session.commit()
+        job = make_bare_job(session, make_dataset_row(session))
     try:
         yield sessions, job
     finally:
