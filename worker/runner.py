@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core import logs, queue
+from app.core import ids, logs, queue
 from app.core.config import Settings
 from app.core.db import end_if_idle, get_sessionmaker
 from app.core.events import add_event
@@ -213,6 +213,15 @@ def _record_success(
 
     def write() -> str | None:
         with lease.transaction() as session:
+            done = session.scalar(
+                select(Job.model_id).where(
+                    Job.id == lease.job_id,
+                    Job.status == JobStatus.succeeded,
+                    Job.attempts == lease.attempt,
+                )
+            )
+            if done is not None:
+                return done  # an earlier try committed, and only its answer was lost
             reporter.commit_final(session)
             best = session.scalar(
                 select(Checkpoint).where(
@@ -231,7 +240,7 @@ def _record_success(
             if result.evaluation is not None:
                 metrics["evaluation"] = result.evaluation
             model = Model(
-                id=new_id("mdl"),
+                id=new_id(ids.MODEL),
                 tenant_id=best.tenant_id,
                 job_id=lease.job_id,
                 checkpoint_id=best.id,
@@ -271,14 +280,7 @@ def _record_success(
                 session.rollback()
                 if session.scalar(select(Job.cancel_requested).where(*lease.fence())):
                     raise TrainingCancelled  # asked after the last check: the user's word wins
-                # An earlier try committed, and only its answer was lost: the same outcome.
-                return session.scalar(
-                    select(Job.model_id).where(
-                        Job.id == lease.job_id,
-                        Job.status == JobStatus.succeeded,
-                        Job.attempts == lease.attempt,
-                    )
-                )
+                return None
             session.add(model)
             stale[:] = drop_resume_keys(session, lease.job_id)
             add_event(

@@ -3,11 +3,15 @@
 FastAPI routes only the methods named, so HEAD got a 405 everywhere, also where it is
 most useful: a download's size and ETag before fetching it. This middleware routes a HEAD
 as its GET; the server sends the headers and drops the body (uvicorn and h11 do for every
-HEAD, whatever the app sends). The OpenAPI document keeps listing GET alone. Not for
-event streams: their body never ends, so that response would never complete.
+HEAD, whatever the app sends). The scope keeps `HEAD` set, so that a download answers from
+its row instead of reading the file (app.api.files). The OpenAPI document keeps listing
+GET alone. Not for event streams: their body never ends, so that response would never
+complete.
 """
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+HEAD = "finetune.head"  # scope key: this GET answers a HEAD
 
 
 class HeadAsGet:
@@ -18,5 +22,5 @@ class HeadAsGet:
         if scope["type"] == "http" and scope["method"] == "HEAD":
             accept = dict(scope["headers"]).get(b"accept", b"")
             if b"text/event-stream" not in accept:
-                scope = {**scope, "method": "GET"}
+                scope = {**scope, "method": "GET", HEAD: True}
         await self.app(scope, receive, send)

@@ -78,17 +78,23 @@ def _example_path(path: str) -> str:
     return re.sub(r"\{(\w+)\}", lambda m: IDS.get(m[1], m[1]), path)
 
 
-CONFLICTS = {  # by the end of the path
-    "/retry": ("job_not_retryable", "job {id} is succeeded; only failed jobs can be retried"),
-    "/cancel": ("job_not_cancellable", "job {id} is already succeeded"),
-    "_id}": ("dataset_in_use", "dataset {id} is used by a queued or running job"),
+CONFLICTS = {  # by path
+    "/v1/jobs/{job_id}/retry": (
+        "job_not_retryable",
+        "job {id} is succeeded; only failed jobs can be retried",
+    ),
+    "/v1/jobs/{job_id}/cancel": ("job_not_cancellable", "job {id} is already succeeded"),
+    "/v1/datasets/{dataset_id}": (
+        "dataset_in_use",
+        "dataset {id} is used by a queued or running job",
+    ),
 }
 
 
 def _problem(status: str, path: str) -> dict[str, Any]:
     code, detail, errors = EXAMPLES.get(status, ("error", "error", None))
     if status == "409":
-        code, detail = next(v for end, v in CONFLICTS.items() if path.endswith(end))
+        code, detail = CONFLICTS.get(path, ("conflict", "conflict with the resource's state"))
     segment = path.split("/")[2] if path.startswith("/v1/") else ""
     kind = {"datasets": "dataset", "jobs": "job", "models": "model"}.get(segment, "job")
     code, detail = code.format(kind=kind), detail.format(kind=kind, id=IDS[f"{kind}_id"])

@@ -32,7 +32,7 @@ class Page(BaseModel, Generic[T]):
 
 # The id prefix of each listed table (app.core.ids.new_id): a cursor of another kind is a
 # mistake to report, not a position (`job_…` sorts after every `ds_…`: an empty page).
-PREFIXES = {"dataset": "ds_", "job": "job_", "model": "mdl_"}
+PREFIXES = {"dataset": f"{ids.DATASET}_", "job": f"{ids.JOB}_", "model": f"{ids.MODEL}_"}
 
 
 def paginate(stmt: Select, id_column, limit: int, after: str | None) -> Select:  # type: ignore[type-arg, no-untyped-def]

@@ -87,7 +87,7 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, TooManyRequests):
             headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, Unavailable):  # e.g. the prediction queue is full
-            headers["Retry-After"] = "1"
+            headers["Retry-After"] = str(exc.retry_after)
         return problem_response(
             request,
             exc.status,

@@ -70,6 +70,7 @@ class Unavailable(AppError):
     status = 503
     title = "Service unavailable"
     code = "unavailable"
+    retry_after = 1  # seconds: a full prediction queue drains within a few forward passes
 
 
 def field_error(field: str, message: str, **extra: Any) -> dict[str, Any]:

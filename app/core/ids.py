@@ -11,6 +11,10 @@ PATTERN = "^[A-Za-z0-9_-]{1,40}$"
 _ID = re.compile(PATTERN)
 
 
+# The prefixes of the listed resources (list cursors are ids: app.api.pagination checks them).
+DATASET, JOB, MODEL = "ds", "job", "mdl"
+
+
 def new_id(prefix: str) -> str:
     """`prefix_` + 12 hex digits of milliseconds + 10 random hex digits."""
     return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(5)}"

@@ -64,24 +64,28 @@ def _expire_leases(session: Session, settings: Settings, report: ReapReport) -> 
     for job in session.scalars(stmt):
         fence = (Job.id == job.id, Job.status == JobStatus.running, Job.attempts == job.attempts)
         lost = f"attempt {job.attempts} lost its worker ({job.worker_id}): lease expired"
+        error = None
         if job.cancel_requested:
             values = {"status": JobStatus.cancelled, "finished_at": now}
-            drop_resume_keys(session, job.id)  # sweep_files deletes them
-            report.cancelled.append(job.id)
+            outcome = report.cancelled
         elif job.attempts - job.released >= settings.max_attempts:
             error = {
                 "code": "max_attempts_exceeded",
                 "message": f"{lost}; {settings.max_attempts} attempts crashed",
             }
             values = {"status": JobStatus.failed, "finished_at": now, "error": error}
-            add_event(session, job.id, "error", error["message"], error)
-            report.failed.append(job.id)
+            outcome = report.failed
         else:
             values = {"status": JobStatus.queued, "enqueued_at": None}
-            report.requeued.append(job.id)
-        session.execute(
+            outcome = report.requeued
+        if not session.execute(
             update(Job).where(*fence).values(lease_expires_at=None, worker_id=None, **values)
-        )
+        ).rowcount:
+            continue  # its worker ended or renewed it meanwhile (on SQLite nothing is locked)
+        if values["status"] == JobStatus.cancelled:
+            drop_resume_keys(session, job.id)  # sweep_files deletes them
+        if error is not None:
+            add_event(session, job.id, "error", error["message"], error)
         add_event(
             session,
             job.id,
@@ -89,6 +93,7 @@ def _expire_leases(session: Session, settings: Settings, report: ReapReport) -> 
             f"{lost}; now {values['status']}",
             {"status": str(values["status"]), "attempt": job.attempts},
         )
+        outcome.append(job.id)
     session.commit()
 
 

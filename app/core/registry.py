@@ -5,7 +5,6 @@ without torch and pays for the import once, on first use.
 """
 
 import os
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -36,8 +35,7 @@ def _forward_problem(backbone: str, size: int) -> str | None:
     import torch
     from torchvision import models
 
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # GoogLeNet's and Inception's init notices
+    with torch.device("meta"):  # thread-local: other requests' tensors stay where they were
         model = models.get_model(backbone, weights=None, num_classes=2).eval()
         try:
             model(torch.empty(1, 3, size, size))

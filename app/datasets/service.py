@@ -12,6 +12,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from app.api.pagination import paginate
+from app.core import ids
 from app.core.config import Settings
 from app.core.errors import Conflict, NotFound
 from app.core.hostcache import STALE_SCRATCH_S
@@ -71,7 +72,7 @@ def create(
     name: str | None,
 ) -> Dataset:
     """Validate the whole archive, move its images into storage, then record the row."""
-    dataset_id = new_id("ds")
+    dataset_id = new_id(ids.DATASET)
     staging = settings.uploads_dir / dataset_id
     staging.mkdir(parents=True)
     key = f"datasets/{dataset_id}"

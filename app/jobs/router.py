@@ -117,8 +117,8 @@ def cancel_job(
 ) -> JobRead:
     """A queued job ends `cancelled` at once; a running one within a few seconds (the
     training loop polls the flag in every step and evaluation batch). A cancel
-    answered 202 always ends the job `cancelled`, even one that had finished
-    training. A job already in a terminal state: 409 `job_not_cancellable`.
+    answered 202 ends the job `cancelled` unless it fails first, even one that had
+    finished training. A job already in a terminal state: 409 `job_not_cancellable`.
     """
     return _read(session, settings, [service.cancel(session, tenant, job_id)])[0]
 
@@ -224,7 +224,9 @@ def download_checkpoint(
     """
     row = service.checkpoint(session, tenant, job_id, checkpoint_id)
     name = f"{job_id}-epoch{row.epoch}.safetensors"
-    return weights_file_response(request, storage, row.storage_key, row.sha256, name)
+    return weights_file_response(
+        request, storage, row.storage_key, row.sha256, row.size_bytes, name
+    )
 
 
 @router.get(

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.pagination import paginate
-from app.core import queue
+from app.core import ids, queue
 from app.core.config import Settings
 from app.core.errors import Conflict, Invalid, NotFound
 from app.core.events import add_event
@@ -64,7 +64,7 @@ def create(
         return job, False
     check_spec(session, tenant, spec)
     job = Job(
-        id=new_id("job"),
+        id=new_id(ids.JOB),
         tenant_id=tenant,
         status=JobStatus.queued,
         dataset_id=spec.dataset_id,
@@ -266,16 +266,16 @@ def sweep_files(
     )
     removed: list[str] = []
     while True:
-        ids = list(session.scalars(select(Job.id).where(*due).order_by(Job.id).limit(batch)))
+        job_ids = list(session.scalars(select(Job.id).where(*due).order_by(Job.id).limit(batch)))
         session.commit()  # no transaction held across the store's calls
-        for job_id in ids:
+        for job_id in job_ids:
             removed += _sweep_job_files(session, storage, job_id, cutoff.timestamp())
             # Conditional: a retry that queued the job meanwhile makes it due again later.
             session.execute(
                 update(Job).where(Job.id == job_id, *due).values(files_swept_at=utcnow())
             )
             session.commit()
-        if len(ids) < batch:
+        if len(job_ids) < batch:
             return removed
 
 

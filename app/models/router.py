@@ -81,13 +81,17 @@ def download_model(
     if format != "safetensors":
         row, record = service.export(session, storage, tenant, model_id, format)
         suffix = "onnx" if format == "onnx" else "pt"
-        return weights_file_response(
-            request, storage, record["storage_key"], record["sha256"], f"{row.id}.{suffix}"
+        key, sha256, size = record["storage_key"], record["sha256"], record["size_bytes"]
+        name = f"{row.id}.{suffix}"
+    else:
+        row = service.get(session, tenant, model_id)
+        key, sha256, size, name = (
+            row.storage_key,
+            row.sha256,
+            row.size_bytes,
+            f"{row.id}.safetensors",
         )
-    row = service.get(session, tenant, model_id)
-    return weights_file_response(
-        request, storage, row.storage_key, row.sha256, f"{row.id}.safetensors"
-    )
+    return weights_file_response(request, storage, key, sha256, size, name)
 
 
 @router.post(

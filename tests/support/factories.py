@@ -145,7 +145,7 @@ def committed_job(url: str) -> Iterator[tuple[sessionmaker[Session], Job]]:
         yield sessions, job
     finally:
         with sessions() as session:
-            for table in (JobEvent, Checkpoint):
+            for table in (JobEvent, Model, Checkpoint):
                 session.execute(delete(table).where(table.job_id == job.id))
             session.execute(delete(Job).where(Job.id == job.id))
             session.execute(delete(Dataset).where(Dataset.id == job.dataset_id))

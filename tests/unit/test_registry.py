@@ -1,5 +1,7 @@
 """Which input sizes a backbone takes, found on the meta device before any worker trains."""
 
+import pytest
+
 from app.core import registry
 
 
@@ -18,4 +20,6 @@ def test_small_maps_vanish_in_deep_cnns_but_not_in_resnets() -> None:
 
 def test_a_builder_that_needs_real_tensors_is_not_judged() -> None:
     # RegNet computes its widths with tensors while it is built: nothing to learn on meta.
+    with pytest.raises(NotImplementedError):
+        registry._forward_problem("regnet_x_400mf", 224)
     assert registry.input_size_problem("regnet_x_400mf", 16) is None

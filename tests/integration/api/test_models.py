@@ -47,13 +47,24 @@ def test_download_loads_into_plain_torchvision_and_honours_etag(
     assert meta["job_id"] == model["job_id"] and meta["epoch"] == "1" and meta["image_size"] == "16"
 
 
-def test_head_answers_every_get_route_with_its_headers(client: TestClient, model: dict) -> None:
+def test_head_answers_every_get_route_with_its_headers(
+    client: TestClient, model: dict, settings: Settings
+) -> None:
     """RFC 9110 requires HEAD wherever GET works: a download's size and ETag, unfetched."""
-    for path in (f"/v1/models/{model['id']}/content", f"/v1/models/{model['id']}", "/livez"):
+    download = f"/v1/models/{model['id']}/content"
+    for path in (download, f"/v1/models/{model['id']}", "/livez"):
         got, head = client.get(path), client.head(path)
         assert head.status_code == got.status_code == 200, path
-        for name in ("content-type", "content-length", "etag"):
+        for name in ("content-type", "content-length", "etag", "content-disposition"):
             assert head.headers.get(name) == got.headers.get(name), (path, name)
+    expected = client.head(download).headers
+    files = list((settings.data_dir / "artifacts" / "jobs").rglob("*.safetensors"))
+    for stored in files:
+        stored.unlink()  # the HEAD answers from the model's row: the file is not even read
+    head = client.head(download)
+    assert files and head.status_code == 200
+    for name in ("content-type", "content-length", "etag", "content-disposition"):
+        assert head.headers[name] == expected[name], name
     assert client.head("/v1/models/mdl_missing").status_code == 404
     assert client.head("/v1/datasets").status_code == 200  # beside POST on the same path
     paths = client.get("/openapi.json").json()["paths"]
