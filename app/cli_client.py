@@ -6,6 +6,7 @@ job's event stream (SSE).
 """
 
 import json
+import logging
 import os
 import tempfile
 import zipfile
@@ -22,6 +23,8 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def client() -> httpx.Client:
+    # httpx logs every request at INFO: noise on a terminal, in front of the command's output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     headers = {}
     if key := os.environ.get("FINETUNE_API_KEY"):
         headers["Authorization"] = f"Bearer {key}"
@@ -183,8 +186,9 @@ def register_client_commands(app: typer.Typer) -> None:
             result = _ok(
                 http.post(f"/v1/models/{model_id}/predict", files=files, params={"top_k": top_k})
             )
-        for p in result["predictions"]:
-            print(f"{p['filename']}\t{p['label']}\t{p['score']:.4f}")
+        for p in result["predictions"]:  # filename, then label and score of each of the top k
+            ranked = "\t".join(f"{t['label']}\t{t['score']:.4f}" for t in p["top_k"])
+            print(f"{p['filename']}\t{ranked}")
 
 
 def _watch(http: httpx.Client, job_id: str, epochs: int) -> str:

@@ -76,7 +76,9 @@ def test_upload_a_folder_train_watch_download_predict(service: Service, tmp_path
         images[-1].write_bytes(png)
     predicted = finetune(service, "predict", model_id, *map(str, images), "--top-k", "2")
     assert predicted.returncode == 0, predicted.stderr
-    assert len(predicted.stdout.strip().splitlines()) == len(images)
+    lines = predicted.stdout.strip().splitlines()
+    assert len(lines) == len(images) and "HTTP Request" not in predicted.stdout + predicted.stderr
+    assert all(len(line.split("\t")) == 1 + 2 * 2 for line in lines)  # filename + top 2
 
 
 def test_errors_print_the_problem_and_exit_1(service: Service) -> None:
