@@ -18,7 +18,8 @@ def weights_file_response(
     read, nor fetched from a remote store.
     """
     etag = f'"{sha256}"'
-    if etag in request.headers.get("if-none-match", ""):
+    held = request.headers.get("if-none-match", "")
+    if etag in held or held.strip() == "*":  # "*": any version the client holds (RFC 9110)
         return Response(status_code=304, headers={"ETag": etag})
     response = FileResponse(
         storage.local(key) if not request.scope.get(HEAD) else key,
