@@ -123,7 +123,7 @@ def _open_archive(archive: Path, limits: Limits) -> Iterator[tuple[list[Member],
             tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tf` below
         with tf:
             with _reading():
-                members = _tar_members(tf, limits)
+                members = _tar_members(tf, limits, archive.stat().st_size)
             yield members, lambda m: tf.extractfile(m.ref)
     else:
         raise Invalid("The upload is not a zip, tar or tar.gz archive.", code="archive_invalid")
@@ -170,7 +170,7 @@ def _zip_members(zf: zipfile.ZipFile, limits: Limits) -> list[Member]:
     return members
 
 
-def _tar_members(tf: tarfile.TarFile, limits: Limits) -> list[Member]:
+def _tar_members(tf: tarfile.TarFile, limits: Limits, archive_bytes: int) -> list[Member]:
     unsafe, members, count = [], [], 0
     # next() instead of getmembers(): a tar of millions of headers is refused early.
     while (info := tf.next()) is not None:
@@ -186,6 +186,16 @@ def _tar_members(tf: tarfile.TarFile, limits: Limits) -> list[Member]:
             members.append(Member(info.name, _parts(info.name), size, info, is_dir))
     _check_unsafe(unsafe)
     _check_sizes(members, limits)
+    # A tar.gz compresses as one stream, so no member has a size of its own to compare with:
+    # the whole archive is held to the zip members' ratio (images barely compress; a tar
+    # bomb writes gigabytes to disk before the total limit would stop it).
+    total = sum(m.size for m in members)
+    if total > _RATIO_MIN_BYTES and total > limits.max_ratio * max(archive_bytes, 1):
+        raise Invalid(
+            f"The archive expands {total} bytes from {archive_bytes}: it compresses more "
+            f"than {limits.max_ratio:g}:1.",
+            code="archive_too_large",
+        )
     return members
 
 

@@ -235,6 +235,13 @@ ERROR_CASES = [
         id="zip-bomb-ratio",
     ),
     pytest.param(
+        tar_of({"cats/a.png": PNG, "dogs/big.png": bytes(10 * 2**20)}),
+        None,
+        "archive_too_large",
+        None,
+        id="tar-gz-bomb-ratio",
+    ),
+    pytest.param(
         zip_of({f"c{i % 2}/{i}.png": PNG for i in range(6)}),
         Limits(max_members=5),
         "archive_too_large",
