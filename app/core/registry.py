@@ -44,18 +44,21 @@ def _forward_problem(backbone: str, size: int) -> str | None:
     return None
 
 
+@lru_cache(maxsize=256)
+def _judged_on_meta(backbone: str) -> bool:
+    """Whether the meta device can judge `backbone`: it runs there at 224 px. Some builders
+    (RegNet) compute with tensors while building, and nothing can be learnt from those."""
+    try:
+        return _forward_problem(backbone, 224) is None
+    except Exception:  # the builder itself needs real tensors
+        return False
+
+
 @lru_cache(maxsize=512)
 def input_size_problem(backbone: str, image_size: int) -> str | None:
     """Why `backbone` cannot take image_size² inputs (ViTs take one size; small maps vanish in
-    deep CNNs), or None. Found by shapes alone, before a worker trains for nothing.
-
-    Only when the model runs at 224 px on the meta device: some builders (RegNet) compute
-    with tensors while building, and nothing can be learnt from those.
-    """
-    try:
-        if _forward_problem(backbone, 224) is not None:
-            return None
-    except Exception:  # the builder itself needs real tensors
+    deep CNNs), or None. Found by shapes alone, before a worker trains for nothing."""
+    if not _judged_on_meta(backbone) or image_size == 224:
         return None
     return _forward_problem(backbone, image_size)
 
