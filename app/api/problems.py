@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import AppError, Invalid, TooManyRequests, Unauthorized, Unavailable
@@ -24,6 +25,7 @@ _HTTP_CODES = {
     401: "unauthorized",
     413: "upload_too_large",
 }
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 class Problem(BaseModel):
@@ -116,9 +118,28 @@ def install(app: FastAPI) -> None:
         code = _HTTP_CODES.get(
             exc.status_code, HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
         )
-        return problem_response(
-            request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return problem_response(request, exc.status_code, code, str(exc.detail), headers=headers)
+
+
+def allowed_methods(request: Request) -> str:
+    """The `Allow` header of a 405 (RFC 9110, 15.5.6): every method some route answers on
+    this path. Starlette names only the first route whose path matched, so `GET /v1/jobs`
+    and `POST /v1/jobs`, two routes, answered a DELETE with `Allow: POST`. HEAD goes with
+    GET (app.api.head)."""
+    routes = request.app.router.routes
+    allowed = {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return ", ".join(m for m in _METHODS if m in allowed)
 
 
 class CatchUnhandled:

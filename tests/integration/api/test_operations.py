@@ -177,6 +177,17 @@ def test_unhandled_errors_are_problems_without_traces(client: TestClient) -> Non
     assert response.json()["code"] == "storage_unavailable"
 
 
+def test_a_method_not_allowed_names_every_method_the_path_answers(client: TestClient) -> None:
+    """`GET /v1/jobs` and `POST /v1/jobs` are two routes: Allow lists both (RFC 9110)."""
+    listing = client.delete("/v1/jobs")
+    assert listing.status_code == 405
+    assert listing.headers["content-type"] == "application/problem+json"
+    assert listing.json()["code"] == "method_not_allowed"
+    assert listing.headers["allow"] == "GET, HEAD, POST"
+    assert client.put("/v1/datasets/ds_0").headers["allow"] == "GET, HEAD, DELETE"
+    assert client.get("/v1/models/m_0/predict").headers["allow"] == "POST"
+
+
 def test_an_overloaded_service_says_when_to_retry(client: TestClient) -> None:
     @client.app.get("/busy")  # type: ignore[attr-defined]
     def busy() -> None:
