@@ -7,10 +7,11 @@ key lookup, which queries the database, still runs in the pool.
 """
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -76,3 +77,24 @@ async def current_tenant(
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
+
+
+def single_parts(*names: str) -> Any:
+    """A dependency refusing a multipart body that repeats any of `names`.
+
+    FastAPI keeps the last of repeated parts for a field declared as one value, so an upload
+    sending `file` twice would store the second archive and drop the first without a word.
+    The body is parsed once: this reads the form FastAPI already parsed.
+    """
+
+    async def check(request: Request) -> None:
+        form = await request.form()
+        errors = [
+            {"loc": ("body", name), "msg": "sent more than once; send one", "type": "repeated"}
+            for name in names
+            if len(form.getlist(name)) > 1
+        ]
+        if errors:
+            raise RequestValidationError(errors)
+
+    return Depends(check)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep, single_parts
 from app.api.pagination import AfterQuery, LimitQuery, page_of
 from app.api.problems import problems
 from app.api.ratelimit import UploadLimit
@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     response_model=DatasetRead,
     responses=problems(401, 413, 429),
     summary="Upload a dataset archive",
+    dependencies=[single_parts("file", "name")],
     description=(
         "A `.zip`, `.tar` or `.tar.gz` in ImageFolder form (`<class>/<image>`) or with split "
         "folders (`train/<class>/…`, `val/<class>/…`, optional `test/`). Every image is opened "

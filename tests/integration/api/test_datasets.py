@@ -97,6 +97,28 @@ def test_not_an_archive_and_one_class_are_refused(client: TestClient) -> None:
     assert response.status_code == 422 and response.json()["code"] == "dataset_too_few_classes"
 
 
+def test_an_upload_repeating_a_part_is_refused_and_keeps_nothing(
+    client: TestClient, digits_zip: Path, settings: Settings, db_session: Session
+) -> None:
+    """Two archives in one request: FastAPI would keep the last and drop the first unseen."""
+    before = db_session.scalar(select(func.count()).select_from(Dataset))
+    archive = digits_zip.read_bytes()
+    response = client.post(
+        "/v1/datasets", files=[("file", ("a.zip", archive)), ("file", ("b.zip", archive))]
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in response.json()["errors"]] == ["body.file"]
+    response = client.post(
+        "/v1/datasets",
+        files=[("file", ("a.zip", archive)), ("name", (None, "one")), ("name", (None, "two"))],
+    )
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "body.name"
+    assert db_session.scalar(select(func.count()).select_from(Dataset)) == before
+    assert _files_under(Path(settings.storage_url)) == []
+    assert _files_under(settings.work_dir / "uploads") == []
+
+
 def test_list_pages_newest_first(client: TestClient, digits_zip: Path) -> None:
     ids = []
     for _ in range(3):
