@@ -68,13 +68,20 @@ class Settings(BaseSettings):
         "(e.g. 50GiB); least recently used entries are evicted first.",
     )
 
-    max_upload_bytes: int = Field(
-        10 * 2**30, ge=1, description="Largest dataset upload (413 above)."
+    # Sizes take a number of bytes or a unit, as cache_max_size does: 10GiB, 64MB.
+    max_upload_bytes: ByteSize = Field(
+        ByteSize(10 * 2**30), ge=1, description="Largest dataset upload (413 above)."
     )
-    max_predict_bytes: int = Field(64 * 2**20, ge=1, description="Largest predict request.")
-    max_json_bytes: int = Field(2**20, ge=1, description="Largest body of any other request.")
+    max_predict_bytes: ByteSize = Field(
+        ByteSize(64 * 2**20), ge=1, description="Largest predict request."
+    )
+    max_json_bytes: ByteSize = Field(
+        ByteSize(2**20), ge=1, description="Largest body of any other request."
+    )
     max_archive_members: int = Field(100_000, ge=1)
-    max_extracted_bytes: int = Field(20 * 2**30, ge=1, description="Uncompressed total (bombs).")
+    max_extracted_bytes: ByteSize = Field(
+        ByteSize(20 * 2**30), ge=1, description="Uncompressed total (bombs)."
+    )
     max_compression_ratio: float = Field(200.0, gt=1, description="Per zip member (bombs).")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Per image (decompression bombs).")
     rate_limit_uploads: str = Field("20/minute", description="Per tenant (`limits` notation).")

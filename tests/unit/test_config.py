@@ -13,6 +13,7 @@ from app.core.config import Settings
         ("rate_limit_jobs", "lots"),
         ("device", "gpu0"),  # was a failure of every job
         ("log_level", "loud"),
+        ("max_upload_bytes", "10 gallons"),
     ],
 )
 def test_a_bad_setting_is_refused_at_start(
@@ -37,3 +38,10 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("FINETUNE_STORAGE_OPTIONS", "")
     monkeypatch.setenv("FINETUNE_DEVICE", "")
     assert (Settings().storage_options, Settings().device) == ({}, "auto")
+
+
+def test_sizes_take_units_or_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_MAX_UPLOAD_BYTES", "2GiB")
+    monkeypatch.setenv("FINETUNE_MAX_PREDICT_BYTES", "1048576")
+    settings = Settings()
+    assert (settings.max_upload_bytes, settings.max_predict_bytes) == (2 * 2**30, 2**20)
