@@ -51,7 +51,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 finetune \
  && useradd --system --uid 10001 --gid finetune --create-home --home-dir /home/finetune \
         --shell /usr/sbin/nologin finetune \
- && mkdir -p /data/artifacts /data/torch/hub/checkpoints \
+ && mkdir -p /data/artifacts /data/torch/hub/checkpoints /data/work \
  && chown -R finetune:finetune /data
 
 COPY --from=builder /opt/venv /opt/venv

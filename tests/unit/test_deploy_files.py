@@ -18,6 +18,7 @@ WORKERS = ("worker-gpu", "worker-cpu")
 DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
 STORAGE_VOLUME = "artifacts"
 TORCH_VOLUME = "torch-cache"
+WORK_VOLUME = "work"
 
 
 def _command(value: str | list[str]) -> str:
@@ -185,10 +186,17 @@ def test_the_s3_profile_serves_a_bucket_for_shared_storage(
         assert Settings().storage_options == expected, value
 
 
-def test_every_container_bounds_its_host_cache(services: dict[str, Any]) -> None:
+def test_every_container_bounds_the_host_cache_they_share(
+    compose: dict[str, Any], services: dict[str, Any], dockerfile: list[tuple[str, str]]
+) -> None:
     for name in ("api", "worker-gpu", "worker-cpu"):
-        default = _default(services[name]["environment"]["FINETUNE_CACHE_MAX_SIZE"])
-        assert Settings(cache_max_size=default).cache_max_size == 50 * 2**30, name
+        env = _env(services[name])
+        assert Settings(cache_max_size=env["FINETUNE_CACHE_MAX_SIZE"]).cache_max_size == 50 * 2**30
+        work = Settings(data_dir=env["FINETUNE_DATA_DIR"]).work_dir.as_posix()
+        assert _mounts(services[name]).get(WORK_VOLUME) == work, name
+    assert WORK_VOLUME in compose["volumes"]
+    made = " ".join(args for keyword, args in dockerfile if keyword == "RUN")
+    assert re.search(rf"mkdir -p [^&]*{work}( |\\)", made), "a volume copies its folder's owner"
 
 
 def test_backing_services_have_healthchecks_and_durable_data(services: dict[str, Any]) -> None:
