@@ -2,8 +2,10 @@
 
 One batcher thread per loaded model gathers the images of concurrent requests (up to
 `max_batch` images, waiting at most `max_wait_s` after the first), runs a single forward
-pass and hands each request its rows. The queue is bounded: when it is full the request is
-refused at once (503) instead of piling up latency.
+pass and hands each request its rows. Requests wait on a future, not on a thread: the API
+awaits it on its event loop, so waiting requests hold none of the thread pool that every
+other route needs. The queue is bounded: when it is full a request is refused at once (503)
+instead of piling up latency.
 """
 
 import queue
@@ -16,6 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.core.errors import Unavailable
+
+
+class Closed(Exception):
+    """The batcher was stopped (its model left the cache): run the forward without it."""
 
 
 @dataclass
@@ -32,57 +38,97 @@ class MicroBatcher:
         max_wait_s: float,
         queue_size: int,
     ) -> None:
-        self.forward, self.max_batch, self.max_wait_s = forward, max_batch, max_wait_s
-        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_size)
+        self.forward: Callable[[np.ndarray], np.ndarray] | None = forward
+        self.max_batch, self.max_wait_s, self.queue_size = max_batch, max_wait_s, queue_size
+        # Unbounded underneath, the bound is counted here: `close` must never block, and the
+        # stop signal must never wait for room behind the requests it follows.
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._state = threading.Lock()
+        self._waiting = 0  # requests in the queue, not yet taken into a batch
+        self._closed = False
+        self.batches = 0  # forward passes run, for tests and metrics
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._thread.start()
-        self.batches = 0  # forward passes run, for tests and metrics
 
-    def submit(self, images: np.ndarray, timeout: float = 60) -> np.ndarray:
-        """Probabilities for `images`, computed in a shared batch; blocks the calling thread."""
+    def submit(self, images: np.ndarray) -> Future[np.ndarray]:
+        """Queue `images` for a shared forward; the future gets their probabilities.
+
+        Cancelling the future withdraws a request that no batch has taken yet. Raises
+        `Unavailable` when the queue is full, `Closed` once `close` was called.
+        """
         request = _Request(images)
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise Unavailable(
-                "prediction queue is full; retry shortly", code="overloaded"
-            ) from None
-        return request.done.result(timeout=timeout)
+        with self._state:
+            if self._closed:
+                raise Closed
+            if self._waiting >= self.queue_size:
+                raise Unavailable("prediction queue is full; retry shortly", code="overloaded")
+            self._waiting += 1
+            self._queue.put(request)
+        return request.done
 
     def close(self) -> None:
-        self._queue.put(None)
+        """Stop once the requests already queued are answered; returns at once."""
+        with self._state:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
 
-    def _gather(self, first: _Request) -> list[_Request]:
+    def _take(self, item: _Request) -> _Request | None:
+        """`item`, now leaving the queue; None if its caller withdrew it."""
+        with self._state:
+            self._waiting -= 1
+        return item if item.done.set_running_or_notify_cancel() else None
+
+    def _gather(self, first: _Request) -> tuple[list[_Request], _Request | None, bool]:
+        """A batch starting with `first`; the request that did not fit, kept for the next
+        batch; and whether the stop signal came."""
         batch, size = [first], len(first.images)
         deadline = time.monotonic() + self.max_wait_s
         while size < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
-                item = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
+                item = self._queue.get(block=remaining > 0, timeout=max(remaining, 0) or None)
             except queue.Empty:
                 break
             if item is None:
-                self._queue.put(None)  # keep the stop signal for the main loop
-                break
-            batch.append(item)
-            size += len(item.images)
-        return batch
+                return batch, None, True
+            if (request := self._take(item)) is None:
+                continue
+            if size + len(request.images) > self.max_batch:
+                return batch, request, False
+            batch.append(request)
+            size += len(request.images)
+        return batch, None, False
+
+    def _answer(self, batch: list[_Request]) -> None:
+        assert self.forward is not None
+        try:
+            probs = self.forward(np.concatenate([r.images for r in batch]))
+        except Exception as exc:  # every request of the batch learns of the failure
+            for r in batch:
+                r.done.set_exception(exc)
+            return
+        self.batches += 1
+        start = 0
+        for r in batch:
+            r.done.set_result(probs[start : start + len(r.images)])
+            start += len(r.images)
 
     def _run(self) -> None:
-        while (first := self._queue.get()) is not None:
-            batch = self._gather(first)
-            try:
-                probs = self.forward(np.concatenate([r.images for r in batch]))
-            except Exception as exc:  # every waiting request learns of the failure
-                for r in batch:
-                    r.done.set_exception(exc)
-                continue
-            self.batches += 1
-            start = 0
-            for r in batch:
-                r.done.set_result(probs[start : start + len(r.images)])
-                start += len(r.images)
+        carried: _Request | None = None
+        try:
+            while True:
+                if carried is None:
+                    if (item := self._queue.get()) is None:
+                        return
+                    if (carried := self._take(item)) is None:
+                        continue
+                batch, carried, stop = self._gather(carried)
+                self._answer(batch)
+                if stop:
+                    return
+        finally:
+            # `forward` is the loaded model's bound method, and the model holds this batcher:
+            # a cycle that only a full garbage collection would free (rare in the API, whose
+            # warm-up freezes its objects), keeping an evicted model's memory. Cut it here.
+            self.forward = None

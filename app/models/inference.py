@@ -6,21 +6,24 @@ SHA-256 matched the stored one; nothing is unpickled. Uploads are decoded by
 `worker.training.imaging.decode_image`, the very function training used (PIL + numpy only).
 """
 
+import asyncio
 import io
 import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 from PIL import Image, UnidentifiedImageError
 
-from app.core.errors import Invalid, field_error
+from app.core.errors import Invalid, Unavailable, field_error
 from app.core.storage import sha256_file
-from app.models.batching import MicroBatcher
+from app.models.batching import Closed, MicroBatcher
 
 # The deliberate exception to "app never imports worker": see that module's docstring.
 from worker.training.imaging import decode_image
@@ -92,7 +95,13 @@ class BatchPolicy:
 
 
 class ModelCache:
-    """At most `size` models in memory; the least recently used is dropped first."""
+    """At most `size` models in memory; the least recently used is dropped first.
+
+    A model is loaded outside the cache's lock (a download from remote storage, a hash and
+    a load can take seconds): requests for loaded models never wait behind it, and
+    concurrent first requests for one model share its single load. An evicted model stays
+    usable by the requests holding it, and is freed when they finish.
+    """
 
     def __init__(
         self,
@@ -103,29 +112,57 @@ class ModelCache:
     ) -> None:
         self.size, self.device, self.precision = size, device, precision
         self.batching = batching or BatchPolicy()
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[str, Future[LoadedModel]] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
 
     def get(self, model_id: str, fetch: Callable[[], Path], sha256: str) -> LoadedModel:
         """The loaded model; `fetch` gives its file (a download from remote storage) on a miss."""
         with self._lock:
-            if model_id in self._models:
+            entry = self._models.get(model_id)
+            mine = entry is None
+            if entry is None:
+                entry = self._models[model_id] = Future()
+            else:
                 self._models.move_to_end(model_id)
-                return self._models[model_id]
-            loaded = _load(fetch(), sha256, self.device, self.precision)
-            policy = self.batching
-            if policy.enabled:
-                loaded.batcher = MicroBatcher(
-                    loaded.probabilities, policy.max_batch, policy.max_wait_s, policy.queue_size
-                )
+        if not mine:
+            return entry.result()  # loaded, or waits for the request loading it
+        try:
+            loaded = self._load(fetch(), sha256)
+        except BaseException as exc:
+            with self._lock:  # the next request tries again
+                if self._models.get(model_id) is entry:
+                    del self._models[model_id]
+            entry.set_exception(exc)
+            raise
+        entry.set_result(loaded)
+        for evicted in self._evict():
+            if evicted.batcher is not None:
+                evicted.batcher.close()
+        return loaded
+
+    def _load(self, path: Path, sha256: str) -> LoadedModel:
+        loaded = _load(path, sha256, self.device, self.precision)
+        policy = self.batching
+        if policy.enabled:
+            loaded.batcher = MicroBatcher(
+                loaded.probabilities, policy.max_batch, policy.max_wait_s, policy.queue_size
+            )
+        with self._lock:
             self.loads += 1
-            self._models[model_id] = loaded
-            while len(self._models) > self.size:
-                _, evicted = self._models.popitem(last=False)
-                if evicted.batcher is not None:
-                    evicted.batcher.close()
-            return loaded
+        return loaded
+
+    def _evict(self) -> list[LoadedModel]:
+        """Drop the least recently used loaded models beyond `size` (never one loading)."""
+        evicted = []
+        with self._lock:
+            for model_id, entry in list(self._models.items()):
+                if len(self._models) <= self.size:
+                    break
+                if entry.done() and entry.exception() is None:
+                    del self._models[model_id]
+                    evicted.append(entry.result())
+        return evicted
 
 
 def decode(data: bytes, filename: str, size: int, max_pixels: int | None = None) -> np.ndarray:
@@ -151,13 +188,42 @@ def decode(data: bytes, filename: str, size: int, max_pixels: int | None = None)
     )
 
 
-def predict(
-    model: LoadedModel, images: list[np.ndarray], top_k: int
-) -> list[list[tuple[str, float]]]:
-    """Top-k (label, probability) per image; shares a forward pass with concurrent requests."""
+PREDICT_TIMEOUT_S = 60.0  # a request's longest wait for its forward pass, then 503
+
+
+def normalise(model: LoadedModel, images: list[np.ndarray]) -> np.ndarray:
+    """Decoded uint8 images (3, S, S) as the float32 batch the network takes."""
     x = np.stack(images).astype(np.float32) / 255.0
-    x = (x - model.mean) / model.std
-    probs = model.batcher.submit(x) if model.batcher is not None else model.probabilities(x)
+    return (x - model.mean) / model.std
+
+
+async def probabilities(
+    model: LoadedModel, x: np.ndarray, timeout: float = PREDICT_TIMEOUT_S
+) -> np.ndarray:
+    """Softmax rows for `x`, sharing a forward pass with concurrent requests.
+
+    Awaited on the event loop: a request waiting for its batch holds no thread of the pool
+    (40 by default) that every other route needs, so the batcher's bounded queue, not the
+    pool, is what limits waiting predictions. A model evicted since the request got it no
+    longer batches; the request runs its own forward on it.
+    """
+    if model.batcher is not None:
+        try:
+            done = model.batcher.submit(x)
+        except Closed:
+            pass
+        else:
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(done), timeout)
+            except TimeoutError:  # the wait is cancelled: a batch not yet formed skips it
+                raise Unavailable(
+                    f"no forward pass within {timeout:g} s; retry shortly", code="overloaded"
+                ) from None
+    return await run_in_threadpool(model.probabilities, x)
+
+
+def rank(model: LoadedModel, probs: np.ndarray, top_k: int) -> list[list[tuple[str, float]]]:
+    """Top-k (label, probability) per row, k capped at the class count."""
     k = min(top_k, len(model.classes))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return [

@@ -109,7 +109,7 @@ async def predict(
     tenant: TenantDep,
     request: Request,
     files: Annotated[list[UploadFile], File(description="One or more images.")],
-    top_k: Annotated[int, Query(ge=1, le=1000, description="Capped at the class count.")] = 5,
+    top_k: Annotated[int, Query(ge=1, description="Capped at the class count.")] = 5,
 ) -> PredictResponse:
     """Multipart `files`: one or more images (JPEG, PNG, BMP, GIF, WebP or TIFF),
     decoded exactly as training decoded them; `top_k` labels each, capped at the
@@ -125,17 +125,18 @@ async def predict(
         )
     payload = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
     started = time.perf_counter()
-    predictions = await run_in_threadpool(
-        service.predict,
+    loaded, batch = await run_in_threadpool(
+        service.prepare,
         session,
         storage,
         cache,
         tenant,
         model_id,
         payload,
-        top_k,
         settings.max_image_pixels,
     )
+    probs = await inference.probabilities(loaded, batch)
+    predictions = service.predictions(loaded, [name for name, _ in payload], probs, top_k)
     request.app.state.metrics.predict.observe(time.perf_counter() - started)
     return PredictResponse(model_id=model_id, predictions=predictions)
 

@@ -1,5 +1,6 @@
 """Model use cases: read, list, locate the weights file, predict."""
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -24,17 +25,17 @@ def list_(session: Session, tenant: str, limit: int, after: str | None) -> list[
     return list(session.scalars(paginate(stmt, Model.id, limit, after)))
 
 
-def predict(
+def prepare(
     session: Session,
     storage: Storage,
     cache: inference.ModelCache,
     tenant: str,
     model_id: str,
     files: list[tuple[str, bytes]],
-    top_k: int,
     max_pixels: int,
-) -> list[dict]:
-    """Top-k predictions for each (filename, bytes); every unreadable file is named in the 422."""
+) -> tuple[inference.LoadedModel, np.ndarray]:
+    """The loaded model and the normalised batch of (filename, bytes); every unreadable
+    file is named in the 422. Blocking (a database read, a model load, decoding)."""
     row = get(session, tenant, model_id)
     # A request may wait for its micro-batch: hand the pooled connection back first, so that
     # waiting requests never hold the pool against the requests they would be batched with.
@@ -53,7 +54,13 @@ def predict(
         raise Invalid(
             "no images sent", code="image_missing", errors=[field_error("files", "required")]
         )
-    results = inference.predict(loaded, images, top_k)
+    return loaded, inference.normalise(loaded, images)
+
+
+def predictions(
+    model: inference.LoadedModel, names: list[str], probs: np.ndarray, top_k: int
+) -> list[dict]:
+    """The contract's predictions, one per file in the order sent."""
     return [
         {
             "filename": name,
@@ -61,7 +68,7 @@ def predict(
             "score": ranked[0][1],
             "top_k": [{"label": label, "score": score} for label, score in ranked],
         }
-        for (name, _), ranked in zip(files, results, strict=True)
+        for name, ranked in zip(names, inference.rank(model, probs, top_k), strict=True)
     ]
 
 

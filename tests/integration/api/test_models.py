@@ -1,7 +1,11 @@
 """Model routes over HTTP: read, download with ETag, predict, cache, backbones."""
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -10,9 +14,13 @@ from sqlalchemy.orm import Session
 from torchvision import models
 
 from app.core.config import Settings
+from app.core.db import get_sessionmaker
+from app.core.migrate import upgrade
 from app.core.models import Model
 from app.core.storage import get_storage
-from tests.support.factories import make_model
+from app.main import create_app
+from app.models.inference import LoadedModel
+from tests.support.factories import make_dataset_row, make_model
 from tests.support.images import digit_members
 
 
@@ -130,3 +138,50 @@ def test_backbones_lists_torchvision_models_and_file_presence(client: TestClient
     assert any(w["default"] for w in resnet18["weights"])
     assert all(isinstance(w["present"], bool) for w in resnet18["weights"])
     assert torch.hub.get_dir() in resnet18["weights"][0]["file"]
+
+
+def test_waiting_predictions_fill_their_queue_not_the_thread_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests wait for their batch on the event loop: the queue's bound answers 503 when
+    reached, and other routes keep being served meanwhile. (They used to wait in the thread
+    pool: at most 40 ever reached the queue, the 503 never came, and every route stalled.)"""
+    gate = threading.Event()
+
+    def gated(self: LoadedModel, x: np.ndarray) -> np.ndarray:
+        assert gate.wait(30)
+        return np.full((len(x), len(self.classes)), 1 / len(self.classes), np.float32)
+
+    monkeypatch.setattr(LoadedModel, "probabilities", gated)
+    queued = 45  # above the pool's 40 threads
+    tuned = Settings(  # committed rows, sessions of its own: the requests run at once
+        data_dir=tmp_path / "var",
+        database_url=f"sqlite:///{tmp_path}/db.sqlite",
+        predict_max_batch=1,
+        predict_max_wait_ms=0,
+        predict_queue_size=queued,
+    )
+    upgrade(tuned.database_url)
+    with get_sessionmaker(tuned.database_url)() as session:
+        dataset = make_dataset_row(session)
+        row = make_model(session, get_storage(tuned), {"id": dataset.id, "classes": ["a", "b"]})
+    _, held = digit_members(range(1), per_class=0, holdout=1, size=24)
+    files = [("files", ("0.png", held[0][0], "image/png"))]
+    url = f"/v1/models/{row.id}/predict"
+    sent = queued + 15
+    with (
+        TestClient(create_app(tuned)) as client,
+        ThreadPoolExecutor(sent) as pool,
+    ):
+        pending = [pool.submit(client.post, url, files=files) for _ in range(sent)]
+        refused = []
+        for future in as_completed(pending, timeout=60):
+            refused.append(future.result())
+            if len(refused) == sent - queued - 1:  # one in the forward pass, `queued` waiting
+                break
+        assert {r.status_code for r in refused} == {503}
+        assert refused[0].json()["code"] == "overloaded" and refused[0].headers["retry-after"]
+        assert client.get(f"/v1/models/{row.id}").status_code == 200
+        gate.set()
+        answered = [f.result(60) for f in pending if f.result(60) not in refused]
+    assert len(answered) == queued + 1 and {r.status_code for r in answered} == {200}

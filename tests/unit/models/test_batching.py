@@ -1,37 +1,58 @@
 """Micro-batching: concurrent requests share forward passes and each gets its own rows."""
 
+import gc
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from app.core.errors import Unavailable
-from app.models.batching import MicroBatcher
+from app.models.batching import Closed, MicroBatcher
 
 
-def _forward(calls: list[int]):  # type: ignore[no-untyped-def]
+def _forward(calls: list[int], pause: float = 0.02):  # type: ignore[no-untyped-def]
     def forward(x: np.ndarray) -> np.ndarray:
         calls.append(len(x))
-        time.sleep(0.02)  # a forward pass takes time; requests arrive meanwhile
+        time.sleep(pause)  # a forward pass takes time; requests arrive meanwhile
         return x.reshape(len(x), -1).sum(axis=1, keepdims=True)
 
     return forward
 
 
+def _images(n: int, value: float = 0.0) -> np.ndarray:
+    return np.full((n, 3, 2, 2), value, dtype=np.float32)
+
+
 def test_concurrent_requests_share_forward_passes() -> None:
     calls: list[int] = []
     batcher = MicroBatcher(_forward(calls), max_batch=64, max_wait_s=0.01, queue_size=100)
-    inputs = [np.full((1 + i % 3, 3, 2, 2), float(i), dtype=np.float32) for i in range(32)]
+    inputs = [_images(1 + i % 3, float(i)) for i in range(32)]
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(batcher.submit, inputs))
+        results = list(pool.map(lambda x: batcher.submit(x).result(5), inputs))
     for x, out in zip(inputs, results, strict=True):
         assert out.shape == (len(x), 1) and np.allclose(out, x[0].sum())
     assert sum(calls) == sum(len(x) for x in inputs)
     assert len(calls) < len(inputs) / 2, calls
-    assert max(calls) <= 64
     batcher.close()
+
+
+def test_a_batch_never_exceeds_max_batch() -> None:
+    """A request that does not fit waits for the next batch instead of growing this one."""
+    calls: list[int] = []
+    gate = threading.Event()
+    batcher = MicroBatcher(
+        lambda x: gate.wait(5) and _forward(calls, 0)(x), 4, max_wait_s=0.05, queue_size=10
+    )
+    first = batcher.submit(_images(1))  # taken at once; its forward waits for the gate
+    time.sleep(0.05)
+    waiting = [batcher.submit(_images(3, float(i))) for i in range(3)]
+    gate.set()
+    assert first.result(5).shape == (1, 1)
+    assert [w.result(5)[0, 0] for w in waiting] == [0.0, 12.0, 24.0]
+    assert calls == [1, 3, 3, 3], calls
 
 
 def test_a_failed_forward_reaches_every_waiting_request() -> None:
@@ -40,27 +61,55 @@ def test_a_failed_forward_reaches_every_waiting_request() -> None:
 
     batcher = MicroBatcher(broken, max_batch=8, max_wait_s=0.0, queue_size=4)
     with pytest.raises(RuntimeError, match="device lost"):
-        batcher.submit(np.zeros((1, 3, 2, 2), np.float32))
+        batcher.submit(_images(1)).result(5)
     batcher.close()
 
 
-def test_a_full_queue_refuses_at_once() -> None:
+def test_a_full_queue_refuses_at_once_and_a_withdrawn_request_is_skipped() -> None:
     gate = threading.Event()
+    calls: list[int] = []
 
     def slow(x: np.ndarray) -> np.ndarray:
         gate.wait(5)
-        return x.reshape(len(x), -1)[:, :1]
+        return _forward(calls, 0)(x)
 
-    batcher = MicroBatcher(slow, max_batch=1, max_wait_s=0.0, queue_size=1)
-    x = np.zeros((1, 3, 2, 2), np.float32)
-    pool = ThreadPoolExecutor(2)
-    first = pool.submit(batcher.submit, x)  # taken by the batcher thread, blocked in forward
+    batcher = MicroBatcher(slow, max_batch=1, max_wait_s=0.0, queue_size=2)
+    first = batcher.submit(_images(1))  # taken by the batcher thread, blocked in forward
     time.sleep(0.05)
-    second = pool.submit(batcher.submit, x)  # waits in the queue (size 1)
-    time.sleep(0.05)
+    withdrawn, second = batcher.submit(_images(1, 5.0)), batcher.submit(_images(1))
     with pytest.raises(Unavailable):
-        batcher.submit(x)
+        batcher.submit(_images(1))
+    assert withdrawn.cancel()  # e.g. its request timed out
     gate.set()
     assert first.result(5).shape == (1, 1) and second.result(5).shape == (1, 1)
+    assert calls == [1, 1]  # the withdrawn request never reached the model
     batcher.close()
-    pool.shutdown()
+
+
+def test_close_answers_what_is_queued_then_lets_the_model_go() -> None:
+    """Closing never blocks, queued requests are still answered, later ones are told
+    `Closed`, and the model the forward belongs to is freed without a garbage collection."""
+
+    class Net:
+        def forward(self, x: np.ndarray) -> np.ndarray:
+            time.sleep(0.05)
+            return x.reshape(len(x), -1)[:, :1]
+
+    net = Net()
+    batcher = MicroBatcher(net.forward, max_batch=1, max_wait_s=0.0, queue_size=1)
+    net.batcher = batcher  # type: ignore[attr-defined]  # the cycle a loaded model makes
+    first = batcher.submit(_images(1))
+    time.sleep(0.01)
+    queued = batcher.submit(_images(1))
+    batcher.close()  # the queue is full: this must not wait for room
+    with pytest.raises(Closed):
+        batcher.submit(_images(1))
+    assert first.result(5).shape == (1, 1) and queued.result(5).shape == (1, 1)
+    batcher._thread.join(5)
+    alive = weakref.ref(net)
+    gc.disable()
+    try:
+        del net
+        assert alive() is None
+    finally:
+        gc.enable()

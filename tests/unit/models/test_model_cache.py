@@ -1,0 +1,96 @@
+"""The model cache: loads outside its lock, once per model, and evicts without stranding
+the requests that still hold an evicted model."""
+
+import asyncio
+import gc
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torchvision import models
+
+from app.core.storage import sha256_file
+from app.models import inference
+from app.models.inference import BatchPolicy, ModelCache
+from worker.training.checkpoint import save_weights, weights_metadata
+from worker.training.spec import TrainSpec
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    folder = tmp_path_factory.mktemp("w")
+    out = {}
+    for name in ("a", "b", "c"):
+        net = models.get_model("resnet18", weights=None, num_classes=2)
+        spec = TrainSpec(backbone="resnet18", classes=("x", "y"), image_size=SIZE)
+        path = folder / f"{name}.safetensors"
+        save_weights(path, net.state_dict(), weights_metadata(spec, job_id="job_x", epoch=1))
+        out[name] = (path, sha256_file(path))
+    return out
+
+
+def _get(cache: ModelCache, files: dict, name: str, gate: threading.Event | None = None):  # type: ignore[no-untyped-def]
+    path, sha = files[name]
+
+    def fetch() -> Path:
+        if gate is not None:
+            assert gate.wait(10)
+        return path
+
+    return cache.get(name, fetch, sha)
+
+
+def _batch(n: int = 1) -> np.ndarray:
+    return np.zeros((n, 3, SIZE, SIZE), np.float32)
+
+
+def test_an_evicted_model_still_answers_the_request_holding_it(files: dict) -> None:
+    """Request 1 got model a; request 2 loaded b meanwhile and a left the cache (size 1)."""
+    cache = ModelCache(1, "cpu", BatchPolicy(max_wait_s=0.0))
+    held = _get(cache, files, "a")
+    _get(cache, files, "b")
+    assert held.batcher is not None
+    held.batcher._thread.join(5)  # stopped: nothing reads its queue any more
+    probs = asyncio.run(asyncio.wait_for(inference.probabilities(held, _batch(2)), 10))
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_an_evicted_model_is_freed_without_a_garbage_collection(files: dict) -> None:
+    cache = ModelCache(1, "cpu", BatchPolicy(max_wait_s=0.0))
+    net = weakref.ref(_get(cache, files, "a").net)
+    _get(cache, files, "b")
+    gc.collect()  # what came before this test
+    gc.disable()  # as good as the API after its warm-up froze the heap
+    try:
+        for _ in range(50):
+            if net() is None:
+                break
+            threading.Event().wait(0.1)  # the batcher thread lets go when it ends
+        assert net() is None
+    finally:
+        gc.enable()
+
+
+def test_a_slow_load_blocks_neither_other_models_nor_a_second_load(files: dict) -> None:
+    cache = ModelCache(2, "cpu", BatchPolicy(enabled=False))
+    loaded_a = _get(cache, files, "a")
+    gate = threading.Event()
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(_get, cache, files, "b", gate) for _ in range(2)]
+        assert _get(cache, files, "a") is loaded_a  # while b's download hangs
+        gate.set()
+        first, second = (f.result(10) for f in slow)
+    assert first is second and cache.loads == 2  # b loaded once for both requests
+
+
+def test_a_failed_load_is_tried_again(files: dict) -> None:
+    cache = ModelCache(1, "cpu", BatchPolicy(enabled=False))
+    path, _ = files["a"]
+    with pytest.raises(RuntimeError, match="sha256"):
+        cache.get("a", lambda: path, "0" * 64)
+    assert cache.get("a", lambda: path, files["a"][1]).classes == ["x", "y"]
