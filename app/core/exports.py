@@ -1,8 +1,9 @@
 """Model exports: ONNX (torch.onnx, dynamo) and TorchScript, each checked at creation.
 
 Exports are made by a `cpu`-queue worker task as soon as a model exists, or by the API on a
-request that comes first; either way they are written in staging and published whole, so
-two makers at once only race to store the same bytes. Before an export is kept, its
+request that comes first; either way they are written in staging and published whole under
+a key named by their content, and the first one recorded on the model is kept
+(`ensure_export`). Before an export is kept, its
 outputs on sample inputs are compared with the torch model's (onnxruntime for ONNX,
 torch.jit.load for TorchScript); the largest difference is recorded on the model and an
 export that disagrees beyond the tolerance is refused. Labels and preprocessing travel
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.core.errors import AppError, Invalid
 from app.core.models import Model, utcnow
-from app.core.storage import Storage, sha256_file
+from app.core.storage import Storage, discard, sha256_file
 
 FORMATS = {"onnx": "onnx", "torchscript": "pt"}
 TOLERANCE = 1e-3
@@ -88,7 +89,14 @@ def _write_torchscript(net: Any, sample: Any, out: Path, info: dict[str, Any]) -
 
 
 def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) -> dict[str, Any]:
-    """The checked export of `model` in `fmt`, made now if missing, recorded on the row."""
+    """The checked export of `model` in `fmt`, made now if missing, recorded on the row.
+
+    The first record stays. Two makers may build at once (the `cpu` worker and the API, in
+    different processes), and a TorchScript file differs from save to save: each build is
+    stored under its own content-named key, and a maker that finds a record committed
+    meanwhile serves that one and deletes its own file. So a record's sha256 always matches
+    the bytes under its key.
+    """
     if fmt not in FORMATS:
         raise Invalid(
             f"unknown format {fmt!r}; one of safetensors, onnx, torchscript", code="format_unknown"
@@ -98,21 +106,36 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
     # in a transaction meanwhile.
     session.commit()
     with _lock:
-        if fmt in model.exports and storage.exists(model.exports[fmt]["storage_key"]):
-            return model.exports[fmt]
+        session.refresh(model)  # a build this process finished while this request waited
+        session.commit()
+        if (recorded := _recorded(model, storage, fmt)) is not None:
+            return recorded
         record = _build(model, storage, fmt)
-    # Re-read under a row lock: the other format may have been recorded meanwhile.
+    # Re-read under a row lock: another process may have recorded this format meanwhile,
+    # or the other format.
     session.refresh(model, with_for_update=True)
+    if (recorded := _recorded(model, storage, fmt)) is not None:
+        session.commit()
+        if recorded["storage_key"] != record["storage_key"]:
+            discard(storage, record["storage_key"])
+        return recorded
     model.exports = {**model.exports, fmt: record}
     session.commit()
     return record
+
+
+def _recorded(model: Model, storage: Storage, fmt: str) -> dict[str, Any] | None:
+    """The export recorded on the row, if its file is stored."""
+    record = model.exports.get(fmt)
+    if record is not None and storage.exists(record["storage_key"]):
+        return record
+    return None
 
 
 def _build(model: Model, storage: Storage, fmt: str) -> dict[str, Any]:
     import torch
 
     net = _torch_model(storage.local(model.storage_key), model)
-    key = f"models/{model.id}/model.{FORMATS[fmt]}"
     out = storage.staging() / f"{model.id}-{uuid.uuid4().hex}.{FORMATS[fmt]}"
     size = model.image_size
     sample = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -128,15 +151,16 @@ def _build(model: Model, storage: Storage, fmt: str) -> dict[str, Any]:
             raise ExportFailed(f"{fmt} export failed: {type(exc).__name__}: {exc}"[:500]) from exc
         if diff > TOLERANCE:
             raise ExportFailed(f"{fmt} export differs from the torch model by {diff:.2e}")
+        sha256 = sha256_file(out)
         record = {
-            "storage_key": key,
-            "sha256": sha256_file(out),
+            "storage_key": f"models/{model.id}/model-{sha256[:16]}.{FORMATS[fmt]}",
+            "sha256": sha256,
             "size_bytes": out.stat().st_size,
             "max_abs_diff": diff,
             "tolerance": TOLERANCE,
             "checked_at": utcnow().isoformat(),
         }
-        storage.put_file(out, key)
+        storage.put_file(out, record["storage_key"])
     finally:
         out.unlink(missing_ok=True)
     return record

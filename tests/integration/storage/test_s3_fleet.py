@@ -70,10 +70,14 @@ def test_upload_train_export_and_download_through_s3(
         )
 
         model = wait_exports(client, job["model_id"])
-        assert set(s3.keys(f"fleet/models/{model['id']}/")) == {
-            f"fleet/models/{model['id']}/model.onnx",
-            f"fleet/models/{model['id']}/model.pt",
-        }
+        made = model["exports"]
+        assert (
+            set(s3.keys(f"fleet/models/{model['id']}/"))
+            == {  # named by their content
+                f"fleet/models/{model['id']}/model-{made['onnx']['sha256'][:16]}.onnx",
+                f"fleet/models/{model['id']}/model-{made['torchscript']['sha256'][:16]}.pt",
+            }
+        )
         onnx = client.get(f"/v1/models/{model['id']}/content", params={"format": "onnx"})
         assert (
             onnx.status_code == 200

@@ -1,0 +1,52 @@
+"""Exports made by two makers at once: the first record stays, and matches its bytes."""
+
+from pathlib import Path
+
+import pytest
+
+from app.core import exports
+from app.core.config import Settings
+from app.core.db import get_sessionmaker
+from app.core.exports import ensure_export
+from app.core.models import Model
+from app.core.storage import get_storage, sha256_file
+from tests.support.factories import make_dataset_row, make_model
+
+
+def test_a_maker_that_lost_the_race_serves_the_winners_export(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cpu worker and the API (two processes) build one export at once. TorchScript
+    bytes differ from save to save: the loser must neither overwrite the winner's file nor
+    record its own sha256 over it, or the served ETag would not match the bytes."""
+    settings = Settings(data_dir=tmp_path, database_url=pg_url)
+    sessions, storage = get_sessionmaker(pg_url), get_storage(settings)
+    with sessions() as session:
+        dataset = make_dataset_row(session)
+        model_id = make_model(session, storage, {"id": dataset.id, "classes": ["a", "b"]}).id
+    build, first = exports._build, []
+
+    def raced(model: Model, storage_: object, fmt: str) -> dict:
+        with sessions() as other:  # the other process records its build meanwhile
+            row = other.get(Model, model.id)
+            assert row is not None
+            first.append(build(row, storage, fmt))
+            row.exports = {**row.exports, fmt: first[0]}
+            other.commit()
+        return build(model, storage, fmt)
+
+    monkeypatch.setattr(exports, "_build", raced)
+    with sessions() as session:
+        model = session.get(Model, model_id)
+        assert model is not None
+        served = ensure_export(session, model, storage, "torchscript")
+    with sessions() as session:
+        recorded = session.get(Model, model_id).exports["torchscript"]  # type: ignore[union-attr]
+    stored = list((tmp_path / "artifacts" / "models" / model_id).iterdir())
+    assert served == recorded == first[0]  # the first record stays
+    assert [p.name for p in stored] == [Path(recorded["storage_key"]).name]
+    assert sha256_file(stored[0]) == recorded["sha256"]
+    monkeypatch.undo()
+    with sessions() as session:  # recorded and stored: served without a build
+        model = session.get(Model, model_id)
+        assert ensure_export(session, model, storage, "torchscript") == recorded  # type: ignore[arg-type]
