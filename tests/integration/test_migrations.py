@@ -34,3 +34,44 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     assert set(inspect(get_engine(url)).get_table_names()) == {"alembic_version"}
     upgrade(url)
     _check(url)
+
+
+def test_sqlite_migrations_keep_the_rows_that_reference_rebuilt_tables(tmp_path: Path) -> None:
+    """SQLite's batch mode rebuilds a table by copy, DROP and rename. With foreign keys on,
+    that DROP cascaded: upgrading a database made before tenants deleted every event,
+    checkpoint and model, and unlinked every job from its dataset."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "1265dc7166fb")  # the revision before tenants
+    engine = get_engine(url)
+    with engine.begin() as db:
+        for statement in (
+            "INSERT INTO dataset VALUES ('ds_1','d','2026-01-01',2,'[]','{}','{}',1,'x','[]','k')",
+            "INSERT INTO job (id, status, dataset_id, spec, created_at, progress, metrics,"
+            " attempts, cancel_requested, released) VALUES ('job_1', 'succeeded', 'ds_1', '{}',"
+            " '2026-01-01', '{}', '{}', 1, 0, 0)",
+            "INSERT INTO job_event (job_id, created_at, type, message, data)"
+            " VALUES ('job_1', '2026-01-01', 'status', 'x', '{}')",
+            "INSERT INTO checkpoint (id, job_id, epoch, metrics, size_bytes, sha256, storage_key,"
+            " created_at) VALUES ('ckpt_1', 'job_1', 1, '{}', 1, 'x', 'k', '2026-01-01')",
+            "INSERT INTO model (id, job_id, checkpoint_id, backbone, classes, image_size,"
+            " metrics, size_bytes, sha256, storage_key, created_at) VALUES ('mdl_1', 'job_1',"
+            " 'ckpt_1', 'resnet18', '[]', 1, '{}', 1, 'x', 'k', '2026-01-01')",
+        ):
+            db.exec_driver_sql(statement)
+
+    def counts() -> dict[str, object]:
+        with engine.connect() as db:
+            found: dict[str, object] = {
+                t: db.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
+                for t in ("dataset", "job", "job_event", "checkpoint", "model")
+            }
+            found["job.dataset_id"] = db.exec_driver_sql("SELECT dataset_id FROM job").scalar()
+            found["foreign_keys"] = db.exec_driver_sql("PRAGMA foreign_keys").scalar()
+        return found
+
+    kept = {t: 1 for t in ("dataset", "job", "job_event", "checkpoint", "model")}
+    kept |= {"job.dataset_id": "ds_1", "foreign_keys": 1}  # enforced again afterwards
+    upgrade(url)
+    assert counts() == kept
+    command.downgrade(alembic_config(url), "-1")
+    assert counts() == kept
