@@ -223,7 +223,7 @@ def _watch(http: httpx.Client, job_id: str, epochs: int) -> str:
                     bar.update(task, description=f"{job_id} {status}")
                 elif event["type"] in {"error", "warning"}:
                     err.print(f"[yellow]{event['type']}[/yellow]: {event['message']}")
-                if status in TERMINAL and event["type"] == "status":
-                    break
+            # The server ends the stream at the job's end: a retried job's earlier `failed`
+            # is not it.
     err.print(f"{job_id}: {status}")
     return status

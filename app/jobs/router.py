@@ -1,5 +1,6 @@
 """HTTP routes of jobs: parse, call one service function, return a schema."""
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
@@ -21,6 +22,8 @@ from app.jobs.schemas import (
     QueueInfo,
 )
 from app.jobs.stream import event_stream
+
+MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -47,7 +50,8 @@ def create_job(
     tenant: TenantDep,
     _: JobLimit,
     idempotency_key: Annotated[
-        str | None, Header(max_length=200, description="Same key + same body → the same job.")
+        str | None,
+        Header(min_length=1, max_length=200, description="Same key + same body → the same job."),
     ] = None,
 ) -> JobRead:
     """Validate the spec against the dataset, the backbone and the weights (a 422 names
@@ -165,7 +169,9 @@ def list_events(
     session: SessionDep,
     settings: SettingsDep,
     tenant: TenantDep,
-    after: Annotated[int | None, Query(ge=0, description="Last event id already seen.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="Last event id already seen.")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     last_event_id: Annotated[str | None, Header(description="SSE resume point.")] = None,
 ) -> Any:
@@ -179,8 +185,7 @@ def list_events(
     """
     if "text/event-stream" in request.headers.get("accept", ""):
         service.get(session, tenant, job_id)  # 404 for a missing or another tenant's job
-        resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
-        return event_stream(settings.database_url, job_id, resume or 0)
+        return event_stream(settings.database_url, job_id, resume_point(last_event_id, after))
     rows = service.events(session, tenant, job_id, after, limit)
     has_more = len(rows) > limit
     rows = rows[:limit]
@@ -189,6 +194,16 @@ def list_events(
         "has_more": has_more,
         "next_cursor": str(rows[-1].id) if has_more else None,
     }
+
+
+def resume_point(last_event_id: str | None, after: int | None) -> int:
+    """Where a stream starts: after `Last-Event-ID` when it is an event id, else `after`.
+
+    ASCII digits within a BIGINT only: "²".isdigit() is true but int() refuses it, and a
+    longer number overflowed the query; either was a 500. Anything else starts over."""
+    if last_event_id and re.fullmatch(r"[0-9]{1,18}", last_event_id):
+        return int(last_event_id)
+    return after or 0
 
 
 @router.get(

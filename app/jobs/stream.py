@@ -3,9 +3,9 @@
 Each API process polls the job's events (a cheap indexed query) so any number of API
 processes can serve streams without a shared bus. `id:` is the event id; a reconnecting
 client's `Last-Event-ID` resumes right after it, without loss or repeats. The stream ends
-after the job's terminal status event, or at once when a client resumes after it (browsers
-reconnect to a closed stream with the last id they saw); sse-starlette sends keep-alive
-comments meanwhile.
+after the job's terminal status event (the last one: a retried job goes on after its
+first), or at once when a client resumes after it (browsers reconnect to a closed stream
+with the last id they saw); sse-starlette sends keep-alive comments meanwhile.
 """
 
 import asyncio
@@ -21,12 +21,11 @@ from app.core.db import get_sessionmaker
 from app.core.models import TERMINAL_STATUSES, Job, JobEvent
 
 POLL_S = 0.5
+POLL_LIMIT = 500  # events read per poll
 KEEPALIVE_S = 15
 
 
-def _poll(
-    database_url: str, job_id: str, after: int, limit: int = 500
-) -> tuple[bool, list[JobEvent]]:
+def _poll(database_url: str, job_id: str, after: int, limit: int) -> tuple[bool, list[JobEvent]]:
     """Whether the job had ended, then its events after `after`.
 
     In that order: a job's terminal status commits with its event, so when it had ended
@@ -48,8 +47,14 @@ def _is_terminal(event: JobEvent) -> bool:
 
 
 async def _events(database_url: str, job_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
+    """Events until the job has ended and its terminal event was sent.
+
+    Not at the first terminal event: a retried job's history goes on after its `failed`
+    (queued, running, …), and a stream from the start must follow it to the new end.
+    """
+    settled = True  # whether the last status event sent was terminal (none: resumed)
     while True:
-        ended, batch = await run_in_threadpool(_poll, database_url, job_id, after)
+        ended, batch = await run_in_threadpool(_poll, database_url, job_id, after, POLL_LIMIT)
         for event in batch:
             after = event.id
             payload = {
@@ -60,11 +65,11 @@ async def _events(database_url: str, job_id: str, after: int) -> AsyncIterator[d
                 "data": event.data,
             }
             yield {"id": str(event.id), "event": event.type, "data": json.dumps(payload)}
-            if _is_terminal(event):
-                return
+            if event.type == "status":
+                settled = _is_terminal(event)
+        if ended and settled and len(batch) < POLL_LIMIT:  # all sent, up to the end
+            return
         if not batch:
-            if ended:  # resumed after its terminal event
-                return
             await asyncio.sleep(POLL_S)
 
 

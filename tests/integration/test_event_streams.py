@@ -1,5 +1,7 @@
 """Watching jobs live (SSE) holds no database connection between the stream's polls."""
 
+import asyncio
+import json
 import os
 import threading
 import time
@@ -7,11 +9,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 
+from app.core.events import add_event
+from app.core.models import Job
+from app.jobs.stream import POLL_S, _events
 from tests.conftest import PG_ADMIN_URL
 from tests.support.client import upload
 from tests.support.databases import fresh_database
+from tests.support.factories import committed_job
 from tests.support.images import digit_members, write_zip
 from tests.support.processes import free_port, running, service_env, wait_http
 
@@ -88,3 +94,34 @@ def test_more_watchers_than_pooled_connections_leave_the_api_answering(tmp_path:
                     deadline = time.monotonic() + 10
                     for watcher in watchers:
                         watcher.join(max(0, deadline - time.monotonic()))
+
+
+def test_a_retried_jobs_stream_follows_it_past_its_earlier_failure(pg_url: str) -> None:
+    """Its history reads queued, running, failed, queued, running: a stream from the start
+    ended at that `failed` while the job ran again (`finetune jobs watch` printed failed)."""
+
+    def record(job_id: str, *statuses: str) -> None:
+        with sessions() as session:
+            for status in statuses:
+                add_event(session, job_id, "status", f"job {status}", {"status": status})
+            session.execute(update(Job).where(Job.id == job_id).values(status=statuses[-1]))
+            session.commit()
+
+    async def follow(job_id: str) -> list[str]:
+        seen: list[str] = []
+
+        async def read() -> None:
+            async for message in _events(pg_url, job_id, 0):
+                seen.append(json.loads(message["data"])["data"]["status"])
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(4 * POLL_S)
+        assert not reader.done(), seen  # still following the retried attempt
+        assert seen == ["queued", "running", "failed", "queued", "running"]
+        await asyncio.to_thread(record, job_id, "succeeded")
+        await asyncio.wait_for(reader, 10)  # ends at the job's end
+        return seen
+
+    with committed_job(pg_url) as (sessions, job):
+        record(job.id, "queued", "running", "failed", "queued", "running")
+        assert asyncio.run(follow(job.id))[-1] == "succeeded"

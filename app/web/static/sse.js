@@ -32,8 +32,12 @@ function parseBlock(block) {
   return message.data.length ? { ...message, data: message.data.join("\n") } : null;
 }
 
-/** Read one connection; returns the last event id seen and whether the job ended. */
-async function readOnce(path, lastId, onEvent, onError, signal) {
+/**
+ * Read one connection until the server ends it; returns the last event id and status seen
+ * and whether the job ended. The server ends the stream at the job's end, which is not a
+ * retried job's earlier terminal event: only a close after a terminal status means done.
+ */
+async function readOnce(path, lastId, lastStatus, onEvent, onError, signal) {
   const headers = { Accept: "text/event-stream", ...authHeaders() };
   if (lastId) headers["Last-Event-ID"] = lastId;
   const response = await fetch(path, { headers, signal, cache: "no-store" });
@@ -41,14 +45,14 @@ async function readOnce(path, lastId, onEvent, onError, signal) {
     const problem = await response.json().catch(() => ({}));
     onError(response.status, problem);
     // 4xx will not heal by retrying (bad key, job gone); 5xx might.
-    return { lastId, ended: response.status < 500 };
+    return { lastId, lastStatus, ended: response.status < 500 };
   }
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   let pendingCR = false; // a "\r\n" may be split across two chunks
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return { lastId, ended: false };
+    if (done) return { lastId, lastStatus, ended: TERMINAL.has(lastStatus) };
     let text = (pendingCR ? "\r" : "") + value;
     pendingCR = text.endsWith("\r");
     if (pendingCR) text = text.slice(0, -1);
@@ -61,10 +65,7 @@ async function readOnce(path, lastId, onEvent, onError, signal) {
       if (message.id) lastId = message.id;
       const event = JSON.parse(message.data);
       onEvent(event);
-      if (event.type === "status" && TERMINAL.has(event.data?.status)) {
-        reader.cancel().catch(() => {});
-        return { lastId, ended: true };
-      }
+      if (event.type === "status") lastStatus = event.data?.status;
     }
   }
 }
@@ -79,10 +80,11 @@ export function followEvents(jobId, { onEvent, onError = () => {}, onEnd = () =>
   const path = `/v1/jobs/${encodeURIComponent(jobId)}/events`;
   (async () => {
     let lastId = null;
+    let lastStatus = null;
     while (!signal.aborted) {
       try {
-        const result = await readOnce(path, lastId, onEvent, onError, signal);
-        lastId = result.lastId;
+        const result = await readOnce(path, lastId, lastStatus, onEvent, onError, signal);
+        ({ lastId, lastStatus } = result);
         if (result.ended) break;
       } catch (error) {
         if (signal.aborted) break;

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core import registry
+from app.jobs.router import resume_point
 
 
 def _field(problem: dict) -> str:
@@ -87,6 +88,10 @@ def test_idempotency_key_replays_or_refuses(client: TestClient, dataset: dict) -
     assert again.json()["id"] == first.json()["id"]
     other = client.post("/v1/jobs", json={**body, "epochs": 4}, headers=headers)
     assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    for _ in range(2):  # an empty key was stored as one: the second POST was a 500
+        empty = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": ""})
+        assert empty.status_code == 422, empty.text
+        assert empty.json()["errors"][0]["field"] == "header.idempotency-key"
 
 
 def test_cancel_queued_job_at_once_then_409(client: TestClient, dataset: dict) -> None:
@@ -103,6 +108,12 @@ def test_cancel_queued_job_at_once_then_409(client: TestClient, dataset: dict) -
     ]
     after = client.get(f"/v1/jobs/{job['id']}/events", params={"after": events[0]["id"]}).json()
     assert [e["id"] for e in after["data"]] == [events[1]["id"]]
+    url = f"/v1/jobs/{job['id']}/events"
+    assert client.get(url, params={"after": 2**63 - 1}).json()["data"] == []
+    assert client.get(url, params={"after": 2**63}).status_code == 422  # was a 500 on SQLite
+    # Header values arrive decoded as latin-1; these were 500s, they now start over.
+    assert [resume_point(bad, None) for bad in ("²", "9" * 20, "-1", "")] == [0, 0, 0, 0]
+    assert (resume_point("42", 7), resume_point(None, 7)) == (42, 7)
 
 
 def test_list_filters_by_status_newest_first(client: TestClient, dataset: dict) -> None:
