@@ -30,15 +30,18 @@ def backbone_names() -> frozenset[str]:
     return frozenset(models.list_models(module=models))
 
 
-def _forward_problem(backbone: str, size: int) -> str | None:
-    """Why a forward pass of one size² image fails, or None; on the meta device (no memory)."""
+def _forward_problem(backbone: str, size: int, *, train: bool) -> str | None:
+    """Why a forward pass of size² images fails, or None; on the meta device (no memory).
+
+    Two images, as training never runs BatchNorm on a batch of one (a 1×1 map of one image
+    has one value per channel, which train mode refuses)."""
     import torch
     from torchvision import models
 
     with torch.device("meta"):  # thread-local: other requests' tensors stay where they were
-        model = models.get_model(backbone, weights=None, num_classes=2).eval()
+        model = models.get_model(backbone, weights=None, num_classes=2).train(train)
         try:
-            model(torch.empty(1, 3, size, size))
+            model(torch.empty(2, 3, size, size))
         except Exception as exc:  # a shape check: AssertionError, RuntimeError, ...
             return str(exc) or type(exc).__name__
     return None
@@ -46,21 +49,23 @@ def _forward_problem(backbone: str, size: int) -> str | None:
 
 @lru_cache(maxsize=256)
 def _judged_on_meta(backbone: str) -> bool:
-    """Whether the meta device can judge `backbone`: it runs there at 224 px. Some builders
-    (RegNet) compute with tensors while building, and nothing can be learnt from those."""
+    """Whether the meta device can judge `backbone`: its eval forward runs there at 224 px.
+    Some builders (RegNet) compute with tensors while building, and nothing can be learnt
+    from those."""
     try:
-        return _forward_problem(backbone, 224) is None
+        return _forward_problem(backbone, 224, train=False) is None
     except Exception:  # the builder itself needs real tensors
         return False
 
 
 @lru_cache(maxsize=512)
 def input_size_problem(backbone: str, image_size: int) -> str | None:
-    """Why `backbone` cannot take image_size² inputs (ViTs take one size; small maps vanish in
-    deep CNNs), or None. Found by shapes alone, before a worker trains for nothing."""
-    if not _judged_on_meta(backbone) or image_size == 224:
+    """Why `backbone` cannot train on image_size² inputs (ViTs take one size; small maps
+    vanish in deep CNNs; Inception v3's auxiliary head, which runs only in training, needs
+    299 px), or None. Found by shapes alone, before a worker trains for nothing."""
+    if not _judged_on_meta(backbone):
         return None
-    return _forward_problem(backbone, image_size)
+    return _forward_problem(backbone, image_size, train=True)
 
 
 def _weights_enum(backbone: str) -> Any:

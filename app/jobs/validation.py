@@ -70,4 +70,11 @@ def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
             "every class needs at least 2 images to hold some out for validation",
             "dataset_too_small",
         )
+    if spec.early_stopping_patience is not None and not has_val and spec.validation_split == 0:
+        raise _invalid(  # it would never stop: every epoch would count as the best
+            "early_stopping_patience",
+            "early stopping watches validation accuracy, and this job has none: the dataset "
+            "has no val/ and validation_split is 0",
+            "validation_missing",
+        )
     return dataset

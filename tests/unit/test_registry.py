@@ -21,5 +21,12 @@ def test_small_maps_vanish_in_deep_cnns_but_not_in_resnets() -> None:
 def test_a_builder_that_needs_real_tensors_is_not_judged() -> None:
     # RegNet computes its widths with tensors while it is built: nothing to learn on meta.
     with pytest.raises(NotImplementedError):
-        registry._forward_problem("regnet_x_400mf", 224)
+        registry._forward_problem("regnet_x_400mf", 224, train=False)
     assert registry.input_size_problem("regnet_x_400mf", 16) is None
+
+
+def test_inceptions_auxiliary_head_is_judged_as_training_runs_it() -> None:
+    """Eval mode skips it, so 224 px looked fine and the job failed at its first step."""
+    problem = registry.input_size_problem("inception_v3", 224)
+    assert problem is not None and "Kernel size" in problem
+    assert registry.input_size_problem("inception_v3", 299) is None

@@ -46,6 +46,18 @@ def test_spec_defaults_are_filled_and_echoed(client: TestClient, dataset: dict) 
             "image_size_unsupported",
             "body.image_size",
         ),
+        (
+            {"backbone": "inception_v3", "image_size": 224},  # its auxiliary head needs 299
+            422,
+            "image_size_unsupported",
+            "body.image_size",
+        ),
+        (
+            {"early_stopping_patience": 2, "validation_split": 0},  # no val/ either
+            422,
+            "validation_missing",
+            "body.early_stopping_patience",
+        ),
         ({"weights": "IMAGENET9K_V9"}, 422, "weights_unknown", "body.weights"),
         ({"weights": {"model_id": "mdl_missing"}}, 422, "model_not_found", "body.weights.model_id"),
         ({"dataset_id": "ds_missing"}, 422, "dataset_not_found", "body.dataset_id"),
