@@ -53,8 +53,11 @@ def claim(session: Session, settings: Settings, job_id: str) -> int | None:
         session.rollback()
         return None
     attempts, tenant = row
-    # Serialise claims per tenant (Postgres row lock; SQLite has one writer anyway).
-    session.execute(select(Tenant.id).where(Tenant.id == tenant).with_for_update())
+    # Serialise claims per tenant before counting its running jobs: a write to its row,
+    # which on Postgres row-locks it and on SQLite begins the transaction holding the one
+    # writer's lock (pysqlite begins one only at a write: a FOR UPDATE read locked nothing
+    # there, and two claims both counted one running job under a cap of two).
+    session.execute(update(Tenant).where(Tenant.id == tenant).values(created_at=Tenant.created_at))
     running = session.scalar(
         select(func.count())
         .select_from(Job)

@@ -3,6 +3,7 @@ and a cancel that meets a release."""
 
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def test_a_claim_beaten_between_its_read_and_its_write_takes_nothing(tmp_path: P
     beaten: list[str] = []
 
     def cancel_first(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        if "FROM tenant" in statement and not beaten:  # the claim read its job row
+        if "UPDATE tenant" in statement and not beaten:  # the claim read its job row
             with sessions() as user:
                 beaten.append(cancel(user, LOCAL_TENANT, job.id).status)
 
@@ -152,6 +153,52 @@ def test_a_claim_beaten_between_its_read_and_its_write_takes_nothing(tmp_path: P
             select(JobEvent.data["status"].as_string()).where(JobEvent.job_id == job.id)
         )
         assert list(statuses) == ["cancelled"]  # no "running" after the terminal event
+
+
+def test_two_claims_on_sqlite_cannot_both_take_a_tenants_last_slot(tmp_path: Path) -> None:
+    """pysqlite begins a transaction only at a write, so the running-job count of each claim
+    was read outside one: two claims both saw one job running under a cap of two, and both
+    started theirs. The second now waits for the first and counts its job."""
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    upgrade(url)
+    settings = Settings(data_dir=tmp_path, database_url=url, max_running_jobs_per_tenant=2)
+    sessions = get_sessionmaker(url)
+    with sessions() as session:
+        dataset = make_dataset_row(session)
+        make_bare_job(session, dataset, JobStatus.running)
+        first, second = make_bare_job(session, dataset), make_bare_job(session, dataset)
+    counted, resume = threading.Event(), threading.Event()
+
+    def pause_first(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "first" and statement.startswith("UPDATE job"):
+            counted.set()  # it counted one running job and is about to start its own
+            resume.wait(10)
+
+    outcome: dict[str, int | None] = {}
+
+    def take(job_id: str) -> None:
+        with sessions() as session:
+            outcome[threading.current_thread().name] = claim(session, settings, job_id)
+
+    event.listen(get_engine(url), "before_cursor_execute", pause_first)
+    try:
+        one = threading.Thread(target=take, args=(first.id,), name="first")
+        one.start()
+        assert counted.wait(10)
+        two = threading.Thread(target=take, args=(second.id,), name="second")
+        two.start()
+        two.join(0.5)
+        assert two.is_alive()  # waits for the first claim's transaction
+        resume.set()
+        one.join(10)
+        two.join(10)
+    finally:
+        resume.set()
+        event.remove(get_engine(url), "before_cursor_execute", pause_first)
+    assert outcome == {"first": 1, "second": None}
+    with sessions() as session:
+        running = set(session.scalars(select(Job.id).where(Job.status == JobStatus.running)))
+    assert first.id in running and second.id not in running
 
 
 def test_a_release_after_a_cancel_ends_the_job_cancelled(pg_url: str, tmp_path: Path) -> None:
