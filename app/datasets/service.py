@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
@@ -145,14 +146,16 @@ def delete(
     theirs (app.core.hostcache).
     """
     row = get(session, tenant, dataset_id)
-    busy = session.scalar(
-        select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES)))
-    )
-    if busy:
+    # A job being created on it holds a key-share lock on the row (its foreign key) until it
+    # commits: on Postgres this waits for it, so the check below sees that job. One
+    # conditional statement, so that on SQLite nothing commits between check and delete.
+    session.execute(select(Dataset.id).where(Dataset.id == dataset_id).with_for_update())
+    unused = ~exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES))
+    if not session.execute(sql_delete(Dataset).where(Dataset.id == dataset_id, unused)).rowcount:
+        session.rollback()
         raise Conflict(
             f"dataset {dataset_id} is used by a queued or running job", code="dataset_in_use"
         )
-    session.delete(row)
     session.commit()
     discard(storage, row.storage_key)  # the dataset is gone for its users either way
     host_cache(settings).discard_decoded(dataset_id)

@@ -80,11 +80,13 @@ def create(
     try:
         session.commit()
     except IntegrityError:
-        # Another request with the same Idempotency-Key won the race.
+        # Another request with the same Idempotency-Key won the race, or the dataset was
+        # deleted since it was checked (its foreign key): that is the 422 the check gives.
         session.rollback()
         existing = idempotency_key and _by_idempotency_key(session, tenant, idempotency_key, digest)
         if existing:
             return existing, False
+        check_spec(session, tenant, spec)
         raise
     try:
         queue.enqueue(settings, job.id)

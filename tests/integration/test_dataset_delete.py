@@ -1,0 +1,86 @@
+"""A dataset deleted while a job is being created on it: never a job without its dataset."""
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, select
+
+from app.core.config import Settings
+from app.core.db import get_sessionmaker
+from app.core.errors import Conflict, Invalid
+from app.core.models import LOCAL_TENANT, Dataset, Job, JobStatus
+from app.core.storage import get_storage
+from app.datasets import service as datasets
+from app.jobs import service as jobs
+from app.jobs.schemas import JobCreate
+from tests.support.factories import make_dataset_row, make_job_row
+
+
+@pytest.fixture
+def settings(tmp_path: Path, pg_url: str) -> Settings:
+    return Settings(data_dir=tmp_path, database_url=pg_url)
+
+
+def _dataset(settings: Settings) -> str:
+    with get_sessionmaker(settings.database_url)() as session:
+        dataset_id = make_dataset_row(session).id
+        session.commit()
+    return dataset_id
+
+
+def _in_thread(call) -> tuple[threading.Thread, dict]:  # type: ignore[no-untyped-def]
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive()  # it waits for the other transaction
+    return thread, outcome
+
+
+def test_a_delete_waits_for_a_job_being_created_and_then_refuses(settings: Settings) -> None:
+    """The delete's check ran before the job committed: 204, and the new job's dataset_id
+    was nulled by the foreign key (the worker then failed it, dataset_not_found)."""
+    dataset_id, sessions = _dataset(settings), get_sessionmaker(settings.database_url)
+    with sessions() as creating:
+        job = make_job_row(  # flushed, not committed
+            creating, LOCAL_TENANT, dataset_id=dataset_id, status=JobStatus.queued
+        )
+        storage = get_storage(settings)
+
+        def remove() -> None:
+            with sessions() as session:
+                datasets.delete(session, settings, storage, LOCAL_TENANT, dataset_id)
+
+        thread, outcome = _in_thread(remove)
+        creating.commit()
+        thread.join(10)
+    assert isinstance(outcome.get("error"), Conflict), outcome
+    with sessions() as session:
+        assert session.scalar(select(Job.dataset_id).where(Job.id == job.id)) == dataset_id
+
+
+def test_a_job_created_while_its_dataset_is_deleted_is_a_422(settings: Settings) -> None:
+    """The other order: the job's insert waited for the delete, then failed its foreign key,
+    which was a 500."""
+    dataset_id, sessions = _dataset(settings), get_sessionmaker(settings.database_url)
+    spec = JobCreate(dataset_id=dataset_id, weights=None, validation_split=0)
+    with sessions() as deleting:
+        deleting.execute(delete(Dataset).where(Dataset.id == dataset_id))  # not committed
+
+        def create() -> None:
+            with sessions() as session:
+                jobs.create(session, settings, LOCAL_TENANT, spec, None)
+
+        thread, outcome = _in_thread(create)
+        deleting.commit()
+        thread.join(10)
+    error = outcome.get("error")
+    assert isinstance(error, Invalid) and error.code == "dataset_not_found", outcome
