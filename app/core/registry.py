@@ -82,13 +82,41 @@ def _resolve(member: Any) -> ResolvedWeights:
     return ResolvedWeights(name=f"{type(member).__name__}.{member.name}", path=path, url=member.url)
 
 
-def resolve_weights(backbone: str, name: str) -> ResolvedWeights:
-    """`DEFAULT`, `IMAGENET1K_V1` or `ResNet18_Weights.IMAGENET1K_V1`; KeyError if unknown."""
+def _member(backbone: str, name: str) -> Any:
     enum = _weights_enum(backbone)
     prefix, _, member = name.rpartition(".")
     if prefix and prefix != enum.__name__:
         raise KeyError(name)
-    return _resolve(enum.DEFAULT if member == "DEFAULT" else enum[member])
+    return enum.DEFAULT if member == "DEFAULT" else enum[member]
+
+
+def resolve_weights(backbone: str, name: str) -> ResolvedWeights:
+    """`DEFAULT`, `IMAGENET1K_V1` or `ResNet18_Weights.IMAGENET1K_V1`; KeyError if unknown."""
+    return _resolve(_member(backbone, name))
+
+
+@lru_cache(maxsize=256)
+def weights_problem(backbone: str, name: str) -> str | None:
+    """Why these (known) weights cannot start the model this service trains, or None.
+
+    Jobs train, and weights files load into, `get_model(backbone, weights=None)`. A ViT
+    built with weights takes their image size instead (SWAG end-to-end weights: 384 px and
+    up, its position embedding sized to match), so those tensors fit no 224 px ViT."""
+    import torch
+    from torchvision import models
+
+    size = _member(backbone, name).meta.get("min_size")
+    try:
+        with torch.device("meta"):
+            own = getattr(models.get_model(backbone, weights=None), "image_size", None)
+    except Exception:  # a builder that computes with real tensors (RegNet): not a ViT
+        return None
+    if isinstance(own, int) and size and size[0] != own:
+        return (
+            f"{name} is for {size[0]}×{size[0]} px {backbone}s, and jobs train the {own} px "
+            f"one; pick weights for {own} px (see GET /v1/backbones)"
+        )
+    return None
 
 
 def weight_names(backbone: str) -> list[str]:

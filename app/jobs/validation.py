@@ -55,6 +55,8 @@ def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
                 f"{spec.weights!r} is not a weight of {spec.backbone}; one of: {names}",
                 "weights_unknown",
             ) from None
+        if (problem := registry.weights_problem(spec.backbone, spec.weights)) is not None:
+            raise _invalid("weights", problem, "weights_unsupported")
         if not resolved.present:
             raise _invalid(
                 "weights",

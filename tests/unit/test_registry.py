@@ -30,3 +30,13 @@ def test_inceptions_auxiliary_head_is_judged_as_training_runs_it() -> None:
     problem = registry.input_size_problem("inception_v3", 224)
     assert problem is not None and "Kernel size" in problem
     assert registry.input_size_problem("inception_v3", 299) is None
+
+
+def test_weights_for_another_vit_size_are_a_problem() -> None:
+    """SWAG end-to-end ViT weights build a 384 px (or larger) ViT: they fit no 224 px one."""
+    problem = registry.weights_problem("vit_b_16", "IMAGENET1K_SWAG_E2E_V1")
+    assert problem is not None and "384" in problem
+    assert registry.weights_problem("vit_h_14", "DEFAULT") is not None  # 518 px by default
+    assert registry.weights_problem("vit_b_16", "IMAGENET1K_SWAG_LINEAR_V1") is None
+    assert registry.weights_problem("resnet18", "DEFAULT") is None
+    assert registry.weights_problem("regnet_x_400mf", "DEFAULT") is None  # not judged on meta

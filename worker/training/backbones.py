@@ -12,6 +12,7 @@ from worker.training.spec import InitWeights, TrainSpec
 # Fewer top-level blocks than this and the biggest one is split into its children, so that
 # `partial` has useful granularity on models like EfficientNet (one big `features`).
 MIN_BLOCKS = 4
+AUXILIARY = ("aux1.", "aux2.", "AuxLogits.")  # GoogLeNet's and Inception v3's extra heads
 
 
 def find_head(model: nn.Module, num_classes: int) -> str:
@@ -40,11 +41,20 @@ def _pretrained_state(backbone: str, init: InitWeights) -> dict[str, torch.Tenso
 def _transplant(
     model: nn.Module, state: dict[str, torch.Tensor], head: str, keep_head: bool
 ) -> None:
-    """Copy every matching tensor except (unless `keep_head`) the classifier's."""
+    """Copy every matching tensor except (unless `keep_head`) the classifier's.
+
+    Auxiliary classifiers, which only help training, may be absent from the weights and
+    keep their fresh initialisation: torchvision drops GoogLeNet's from a model built with
+    its pretrained weights (aux_logits=False), so its state dict never has them.
+    """
     own = model.state_dict()
     head_keys = {k for k in own if k.startswith(head + ".")}
     missing = [
-        k for k in own if k not in head_keys and (k not in state or state[k].shape != own[k].shape)
+        k
+        for k in own
+        if k not in head_keys
+        and (k not in state or state[k].shape != own[k].shape)
+        and not (k.startswith(AUXILIARY) and k not in state)
     ]
     if missing:
         raise ValueError(f"weights do not fit this backbone; e.g. {missing[:3]}")

@@ -59,6 +59,12 @@ def test_spec_defaults_are_filled_and_echoed(client: TestClient, dataset: dict) 
             "body.early_stopping_patience",
         ),
         ({"weights": "IMAGENET9K_V9"}, 422, "weights_unknown", "body.weights"),
+        (
+            {"backbone": "vit_b_16", "weights": "IMAGENET1K_SWAG_E2E_V1"},  # for 384 px ViTs
+            422,
+            "weights_unsupported",
+            "body.weights",
+        ),
         ({"weights": {"model_id": "mdl_missing"}}, 422, "model_not_found", "body.weights.model_id"),
         ({"dataset_id": "ds_missing"}, 422, "dataset_not_found", "body.dataset_id"),
     ],

@@ -63,6 +63,31 @@ def test_pretrained_weights_come_from_torch_home(torch_home: Path) -> None:
     assert state["fc.weight"].shape == (3, 512)
 
 
+def test_googlenet_pretrained_weights_fit_though_they_lose_their_auxiliary_heads(
+    torch_home: Path,
+) -> None:
+    """torchvision's builder drops aux1/aux2 from a model built with weights; the model this
+    service trains keeps them, freshly initialised, instead of refusing the weights."""
+    resolved = registry.resolve_weights("googlenet", "DEFAULT")
+    torch.manual_seed(3)  # the file as torchvision ships it: auxiliary heads included
+    reference = models.get_model(
+        "googlenet", weights=None, aux_logits=True, init_weights=False
+    ).state_dict()
+    Path(resolved.path).parent.mkdir(parents=True)
+    torch.save(reference, resolved.path)
+    spec = TrainSpec(
+        backbone="googlenet",
+        classes=CLASSES,
+        init=InitWeights(source="torchvision", name=resolved.name),
+    )
+    model, _ = build_model(spec)
+    state = model.state_dict()
+    assert torch.equal(
+        state["inception5b.branch1.conv.weight"], reference["inception5b.branch1.conv.weight"]
+    )
+    assert state["aux1.fc2.weight"].shape == (3, 1024)  # there, for training, fresh
+
+
 def test_unknown_weight_names_raise_key_error() -> None:
     with pytest.raises(KeyError):
         registry.resolve_weights("resnet18", "IMAGENET9K")
