@@ -30,18 +30,17 @@ def backbone_names() -> frozenset[str]:
     return frozenset(models.list_models(module=models))
 
 
-def _forward_problem(backbone: str, size: int, *, train: bool) -> str | None:
-    """Why a forward pass of size² images fails, or None; on the meta device (no memory).
-
-    Two images, as training never runs BatchNorm on a batch of one (a 1×1 map of one image
-    has one value per channel, which train mode refuses)."""
+def _forward_problem(backbone: str, size: int, *, train: bool, batch: int = 2) -> str | None:
+    """Why a forward pass of `batch` size² images fails, or None; on the meta device (no
+    memory). Two by default: only a batch of one makes train-mode BatchNorm refuse a 1×1 map
+    (one value per channel), which is the batch size's problem, not the image size's."""
     import torch
     from torchvision import models
 
     with torch.device("meta"):  # thread-local: other requests' tensors stay where they were
         model = models.get_model(backbone, weights=None, num_classes=2).train(train)
         try:
-            model(torch.empty(2, 3, size, size))
+            model(torch.empty(batch, 3, size, size))
         except Exception as exc:  # a shape check: AssertionError, RuntimeError, ...
             return str(exc) or type(exc).__name__
     return None
@@ -59,13 +58,14 @@ def _judged_on_meta(backbone: str) -> bool:
 
 
 @lru_cache(maxsize=512)
-def input_size_problem(backbone: str, image_size: int) -> str | None:
-    """Why `backbone` cannot train on image_size² inputs (ViTs take one size; small maps
-    vanish in deep CNNs; Inception v3's auxiliary head, which runs only in training, needs
-    299 px), or None. Found by shapes alone, before a worker trains for nothing."""
+def input_size_problem(backbone: str, image_size: int, batch: int = 2) -> str | None:
+    """Why `backbone` cannot train on batches of `batch` image_size² inputs (ViTs take one
+    size; small maps vanish in deep CNNs; Inception v3's auxiliary head, which runs only in
+    training, needs 299 px; BatchNorm refuses one image on a 1×1 map), or None. Found by
+    shapes alone, before a worker trains for nothing."""
     if not _judged_on_meta(backbone):
         return None
-    return _forward_problem(backbone, image_size, train=True)
+    return _forward_problem(backbone, image_size, train=True, batch=batch)
 
 
 def _weights_enum(backbone: str) -> Any:

@@ -31,6 +31,15 @@ def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
             f"{spec.backbone} cannot take {spec.image_size}×{spec.image_size} images: {problem}",
             "image_size_unsupported",
         )
+    if spec.batch_size == 1 and (
+        problem := registry.input_size_problem(spec.backbone, spec.image_size, batch=1)
+    ):
+        raise _invalid(
+            "batch_size",
+            f"{spec.backbone} cannot train on one {spec.image_size} px image at a time: "
+            f"{problem}; use batch_size 2 or more, or larger images",
+            "batch_size_unsupported",
+        )
     if isinstance(spec.weights, ModelRef):
         model = owned(session, Model, tenant, spec.weights.model_id)
         if model is None:

@@ -40,3 +40,10 @@ def test_weights_for_another_vit_size_are_a_problem() -> None:
     assert registry.weights_problem("vit_b_16", "IMAGENET1K_SWAG_LINEAR_V1") is None
     assert registry.weights_problem("resnet18", "DEFAULT") is None
     assert registry.weights_problem("regnet_x_400mf", "DEFAULT") is None  # not judged on meta
+
+
+def test_one_image_on_a_one_pixel_map_is_the_batch_sizes_problem() -> None:
+    assert registry.input_size_problem("resnet18", 32) is None
+    problem = registry.input_size_problem("resnet18", 32, batch=1)
+    assert problem is not None and "more than 1 value per channel" in problem
+    assert registry.input_size_problem("resnet18", 64, batch=1) is None

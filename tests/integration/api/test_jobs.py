@@ -53,6 +53,12 @@ def test_spec_defaults_are_filled_and_echoed(client: TestClient, dataset: dict) 
             "body.image_size",
         ),
         (
+            {"image_size": 32, "batch_size": 1},  # ResNet18's last maps are 1×1 there
+            422,
+            "batch_size_unsupported",
+            "body.batch_size",
+        ),
+        (
             {"early_stopping_patience": 2, "validation_split": 0},  # no val/ either
             422,
             "validation_missing",
