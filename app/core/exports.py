@@ -105,6 +105,8 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
     # takes seconds, more behind another one, and must not keep a pooled connection idle
     # in a transaction meanwhile.
     session.commit()
+    if (recorded := _recorded(model, storage, fmt)) is not None:
+        return recorded  # made already: no waiting behind another model's build
     with _lock:
         session.refresh(model)  # a build this process finished while this request waited
         session.commit()
