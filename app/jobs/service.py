@@ -148,7 +148,7 @@ def retry(session: Session, settings: Settings, tenant: str, job_id: str) -> Job
     job = get(session, tenant, job_id)
     done = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.failed)
+        .where(Job.id == job_id, Job.status == JobStatus.failed, Job.dataset_id.is_not(None))
         .values(
             status=JobStatus.queued,
             error=None,
@@ -161,10 +161,11 @@ def retry(session: Session, settings: Settings, tenant: str, job_id: str) -> Job
     )
     if not done.rowcount:
         session.rollback()
-        raise Conflict(
-            f"job {job_id} is {job.status}; only failed jobs can be retried",
-            code="job_not_retryable",
-        )
+        session.refresh(job)  # the status that refused it, not the one read before
+        why = f"job {job_id} is {job.status}; only failed jobs can be retried"
+        if job.status == JobStatus.failed:  # its dataset_id went with the dataset
+            why = f"job {job_id} cannot be retried: its dataset was deleted"
+        raise Conflict(why, code="job_not_retryable")
     add_event(
         session,
         job_id,
@@ -209,6 +210,7 @@ def cancel(session: Session, tenant: str, job_id: str) -> Job:
         )
         if not flagged.rowcount:
             session.rollback()
+            session.refresh(job)  # it may have ended since it was read
             raise Conflict(f"job {job_id} is already {job.status}", code="job_not_cancellable")
         session.commit()
     session.refresh(job)

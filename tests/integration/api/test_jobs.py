@@ -201,3 +201,7 @@ def test_retry_requeues_only_failed_jobs(client: TestClient, dataset: dict, db_s
     body = retried.json()
     assert body["status"] == "queued" and body["error"] is None and body["attempts"] == 3
     assert client.post("/v1/jobs/job_nope/retry").status_code == 404
+    row.status, row.dataset_id = "failed", None  # its dataset was deleted since
+    db_session.commit()
+    orphan = client.post(f"/v1/jobs/{job['id']}/retry")  # was queued, to fail again
+    assert orphan.status_code == 409 and "dataset was deleted" in orphan.json()["detail"]
