@@ -5,10 +5,18 @@ without torch and pays for the import once, on first use.
 """
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
+
+# GoogLeNet and Inception v3 built without weights warn that their default initialisation
+# will change; the size checks below build them on the meta device, where no value is ever
+# initialised. The notice is for torchvision's users, not for every API process's log.
+warnings.filterwarnings(
+    "ignore", r"The default weight initialization of \w+ will be changed", FutureWarning
+)
 
 
 @dataclass(frozen=True)
