@@ -1,10 +1,12 @@
 """A dataset deleted while a job is being created on it: never a job without its dataset."""
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
@@ -29,58 +31,58 @@ def _dataset(settings: Settings) -> str:
     return dataset_id
 
 
-def _in_thread(call) -> tuple[threading.Thread, dict]:  # type: ignore[no-untyped-def]
+def _race(url: str, hold: Callable[[Session], object], then: Callable[[Session], object]) -> dict:
+    """`hold` in a transaction; `then` in another, which must wait for it; commit `hold`.
+    What `then` returned or raised."""
+    sessions = get_sessionmaker(url)
     outcome: dict = {}
 
     def run() -> None:
-        try:
-            outcome["value"] = call()
-        except Exception as exc:
-            outcome["error"] = exc
+        with sessions() as session:
+            try:
+                outcome["value"] = then(session)
+            except Exception as exc:
+                outcome["error"] = exc
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(0.5)
-    assert thread.is_alive()  # it waits for the other transaction
-    return thread, outcome
+    with sessions() as holding:
+        hold(holding)
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # it waits for the held transaction
+        holding.commit()
+        thread.join(10)
+    return outcome
 
 
 def test_a_delete_waits_for_a_job_being_created_and_then_refuses(settings: Settings) -> None:
     """The delete's check ran before the job committed: 204, and the new job's dataset_id
     was nulled by the foreign key (the worker then failed it, dataset_not_found)."""
-    dataset_id, sessions = _dataset(settings), get_sessionmaker(settings.database_url)
-    with sessions() as creating:
-        job = make_job_row(  # flushed, not committed
-            creating, LOCAL_TENANT, dataset_id=dataset_id, status=JobStatus.queued
-        )
-        storage = get_storage(settings)
+    dataset_id, storage, jobs_made = _dataset(settings), get_storage(settings), []
 
-        def remove() -> None:
-            with sessions() as session:
-                datasets.delete(session, settings, storage, LOCAL_TENANT, dataset_id)
+    def create(session: Session) -> None:  # flushed, not committed
+        jobs_made.append(make_job_row(session, dataset_id=dataset_id, status=JobStatus.queued))
 
-        thread, outcome = _in_thread(remove)
-        creating.commit()
-        thread.join(10)
+    outcome = _race(
+        settings.database_url,
+        create,
+        lambda session: datasets.delete(session, settings, storage, LOCAL_TENANT, dataset_id),
+    )
     assert isinstance(outcome.get("error"), Conflict), outcome
-    with sessions() as session:
-        assert session.scalar(select(Job.dataset_id).where(Job.id == job.id)) == dataset_id
+    with get_sessionmaker(settings.database_url)() as session:
+        job_id = jobs_made[0].id
+        assert session.scalar(select(Job.dataset_id).where(Job.id == job_id)) == dataset_id
 
 
 def test_a_job_created_while_its_dataset_is_deleted_is_a_422(settings: Settings) -> None:
     """The other order: the job's insert waited for the delete, then failed its foreign key,
     which was a 500."""
-    dataset_id, sessions = _dataset(settings), get_sessionmaker(settings.database_url)
+    dataset_id = _dataset(settings)
     spec = JobCreate(dataset_id=dataset_id, weights=None, validation_split=0)
-    with sessions() as deleting:
-        deleting.execute(delete(Dataset).where(Dataset.id == dataset_id))  # not committed
-
-        def create() -> None:
-            with sessions() as session:
-                jobs.create(session, settings, LOCAL_TENANT, spec, None)
-
-        thread, outcome = _in_thread(create)
-        deleting.commit()
-        thread.join(10)
+    outcome = _race(
+        settings.database_url,
+        lambda session: session.execute(delete(Dataset).where(Dataset.id == dataset_id)),
+        lambda session: jobs.create(session, settings, LOCAL_TENANT, spec, None),
+    )
     error = outcome.get("error")
     assert isinstance(error, Invalid) and error.code == "dataset_not_found", outcome

@@ -41,6 +41,18 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "torch"
 
 
+def _trained_from(
+    backbone: str, resolved: registry.ResolvedWeights, reference: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Put `reference` where torchvision keeps `resolved`'s file; the state of a model the
+    service builds from it."""
+    Path(resolved.path).parent.mkdir(parents=True)
+    torch.save(reference, resolved.path)
+    init = InitWeights(source="torchvision", name=resolved.name)
+    model, _ = build_model(TrainSpec(backbone=backbone, classes=CLASSES, init=init))
+    return model.state_dict()
+
+
 def test_pretrained_weights_come_from_torch_home(torch_home: Path) -> None:
     resolved = registry.resolve_weights("resnet18", "DEFAULT")
     assert resolved.name == "ResNet18_Weights.IMAGENET1K_V1"
@@ -48,16 +60,8 @@ def test_pretrained_weights_come_from_torch_home(torch_home: Path) -> None:
     # Stand-in for the real ImageNet file: same name, same format, our own numbers.
     torch.manual_seed(7)
     reference = models.get_model("resnet18", weights=None).state_dict()
-    Path(resolved.path).parent.mkdir(parents=True)
-    torch.save(reference, resolved.path)
+    state = _trained_from("resnet18", resolved, reference)
     assert registry.resolve_weights("resnet18", "ResNet18_Weights.IMAGENET1K_V1").present
-    spec = TrainSpec(
-        backbone="resnet18",
-        classes=CLASSES,
-        init=InitWeights(source="torchvision", name=resolved.name),
-    )
-    model, _ = build_model(spec)
-    state = model.state_dict()
     assert torch.equal(state["layer4.1.conv2.weight"], reference["layer4.1.conv2.weight"])
     assert torch.equal(state["bn1.running_var"], reference["bn1.running_var"])
     assert state["fc.weight"].shape == (3, 512)
@@ -73,15 +77,7 @@ def test_googlenet_pretrained_weights_fit_though_they_lose_their_auxiliary_heads
     reference = models.get_model(
         "googlenet", weights=None, aux_logits=True, init_weights=False
     ).state_dict()
-    Path(resolved.path).parent.mkdir(parents=True)
-    torch.save(reference, resolved.path)
-    spec = TrainSpec(
-        backbone="googlenet",
-        classes=CLASSES,
-        init=InitWeights(source="torchvision", name=resolved.name),
-    )
-    model, _ = build_model(spec)
-    state = model.state_dict()
+    state = _trained_from("googlenet", resolved, reference)
     assert torch.equal(
         state["inception5b.branch1.conv.weight"], reference["inception5b.branch1.conv.weight"]
     )
