@@ -16,7 +16,7 @@ from app.core.storage import LocalStorage, Storage, get_storage
 from app.jobs import service
 from app.main import create_app
 from tests.integration.storage.conftest import S3
-from tests.support.factories import make_job_row
+from tests.support.factories import make_dataset_row, make_job_row
 from tests.support.files import age
 from tests.support.processes import wait_for
 
@@ -109,7 +109,8 @@ def test_jobs_not_ended_an_hour_ago_are_left_alone(db_session: Session, tmp_path
 
 def test_a_retried_job_is_due_again(db_session: Session, tmp_path: Path, pg_url: str) -> None:
     storage = LocalStorage(tmp_path / "store")
-    job = ended(db_session, status=JobStatus.failed)
+    dataset = make_dataset_row(db_session)  # a job whose dataset is gone cannot be retried
+    job = ended(db_session, status=JobStatus.failed, dataset_id=dataset.id)
     service.sweep_files(db_session, storage)
     settings = Settings(data_dir=tmp_path, database_url=pg_url)  # sent to the embedded broker
     service.retry(db_session, settings, job.tenant_id, job.id)
