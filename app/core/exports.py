@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.core.errors import AppError, Invalid
@@ -113,16 +114,18 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
         if (recorded := _recorded(model, storage, fmt)) is not None:
             return recorded
         record = _build(model, storage, fmt)
-    # Re-read under a row lock: another process may have recorded this format meanwhile,
-    # or the other format.
-    session.refresh(model, with_for_update=True)
-    if (recorded := _recorded(model, storage, fmt)) is not None:
+        # Lock the row, then read it again: another process may have recorded this format
+        # meanwhile, or the other one. A write takes the lock on SQLite too (pysqlite begins
+        # a transaction only at a write; FOR UPDATE locks nothing there).
+        session.execute(update(Model).where(Model.id == model.id).values(exports=Model.exports))
+        session.refresh(model)
+        if (recorded := _recorded(model, storage, fmt)) is not None:
+            session.commit()
+            if recorded["storage_key"] != record["storage_key"]:
+                discard(storage, record["storage_key"])
+            return recorded
+        model.exports = {**model.exports, fmt: record}
         session.commit()
-        if recorded["storage_key"] != record["storage_key"]:
-            discard(storage, record["storage_key"])
-        return recorded
-    model.exports = {**model.exports, fmt: record}
-    session.commit()
     return record
 
 

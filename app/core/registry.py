@@ -114,11 +114,10 @@ def weights_problem(backbone: str, name: str) -> str | None:
     from torchvision import models
 
     size = _member(backbone, name).meta.get("min_size")
-    try:
-        with torch.device("meta"):
-            own = getattr(models.get_model(backbone, weights=None), "image_size", None)
-    except Exception:  # a builder that computes with real tensors (RegNet): not a ViT
+    if not _judged_on_meta(backbone):  # its builder computes with real tensors: not a ViT
         return None
+    with torch.device("meta"):
+        own = getattr(models.get_model(backbone, weights=None), "image_size", None)
     if isinstance(own, int) and size and size[0] != own:
         return (
             f"{name} is for {size[0]}×{size[0]} px {backbone}s, and jobs train the {own} px "

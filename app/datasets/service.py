@@ -149,7 +149,9 @@ def delete(
     # A job being created on it holds a key-share lock on the row (its foreign key) until it
     # commits: on Postgres this waits for it, so the check below sees that job. One
     # conditional statement, so that on SQLite nothing commits between check and delete.
-    session.execute(select(Dataset.id).where(Dataset.id == dataset_id).with_for_update())
+    locked = select(Dataset.id).where(Dataset.id == dataset_id).with_for_update()
+    if session.execute(locked).first() is None:  # another delete got there first
+        raise NotFound(f"dataset {dataset_id} does not exist", code="dataset_not_found")
     unused = ~exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_STATUSES))
     if not session.execute(sql_delete(Dataset).where(Dataset.id == dataset_id, unused)).rowcount:
         session.rollback()

@@ -199,10 +199,12 @@ def list_events(
 def resume_point(last_event_id: str | None, after: int | None) -> int:
     """Where a stream starts: after `Last-Event-ID` when it is an event id, else `after`.
 
-    ASCII digits within a BIGINT only: "²".isdigit() is true but int() refuses it, and a
-    longer number overflowed the query; either was a 500. Anything else starts over."""
-    if last_event_id and re.fullmatch(r"[0-9]{1,18}", last_event_id):
-        return int(last_event_id)
+    ASCII digits within a BIGINT only, as `after`: "²".isdigit() is true but int() refuses
+    it, and a larger number overflowed the query; either was a 500. Anything else starts
+    over."""
+    digits = last_event_id and re.fullmatch(r"[0-9]+", last_event_id)
+    if digits and int(digits[0]) <= MAX_EVENT_ID:
+        return int(digits[0])
     return after or 0
 
 

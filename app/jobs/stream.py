@@ -67,7 +67,7 @@ async def _events(database_url: str, job_id: str, after: int) -> AsyncIterator[d
             yield {"id": str(event.id), "event": event.type, "data": json.dumps(payload)}
             if event.type == "status":
                 settled = _is_terminal(event)
-        if ended and settled and len(batch) < POLL_LIMIT:  # all sent, up to the end
+        if ended and (not batch or (settled and len(batch) < POLL_LIMIT)):  # all sent
             return
         if not batch:
             await asyncio.sleep(POLL_S)

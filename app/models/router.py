@@ -4,7 +4,6 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.files import weights_file_response
@@ -125,18 +124,9 @@ async def predict(
         )
     payload = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
     started = time.perf_counter()
-    loaded, batch = await run_in_threadpool(
-        service.prepare,
-        session,
-        storage,
-        cache,
-        tenant,
-        model_id,
-        payload,
-        settings.max_image_pixels,
+    predictions = await service.predict(
+        session, storage, cache, tenant, model_id, payload, top_k, settings.max_image_pixels
     )
-    probs = await inference.probabilities(loaded, batch)
-    predictions = service.predictions(loaded, [name for name, _ in payload], probs, top_k)
     request.app.state.metrics.predict.observe(time.perf_counter() - started)
     return PredictResponse(model_id=model_id, predictions=predictions)
 

@@ -1,6 +1,7 @@
 """Model use cases: read, list, locate the weights file, predict."""
 
 import numpy as np
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -25,7 +26,37 @@ def list_(session: Session, tenant: str, limit: int, after: str | None) -> list[
     return list(session.scalars(paginate(stmt, Model.id, limit, after)))
 
 
-def prepare(
+async def predict(
+    session: Session,
+    storage: Storage,
+    cache: inference.ModelCache,
+    tenant: str,
+    model_id: str,
+    files: list[tuple[str, bytes]],
+    top_k: int,
+    max_pixels: int,
+) -> list[dict]:
+    """Top-k predictions for each (filename, bytes), in the order sent.
+
+    The blocking part (a database read, a model load, decoding) runs in the thread pool;
+    the wait for a shared forward pass runs on the event loop (inference.probabilities).
+    """
+    loaded, batch = await run_in_threadpool(
+        _prepare, session, storage, cache, tenant, model_id, files, max_pixels
+    )
+    probs = await inference.probabilities(loaded, batch)
+    return [
+        {
+            "filename": name,
+            "label": ranked[0][0],
+            "score": ranked[0][1],
+            "top_k": [{"label": label, "score": score} for label, score in ranked],
+        }
+        for (name, _), ranked in zip(files, inference.rank(loaded, probs, top_k), strict=True)
+    ]
+
+
+def _prepare(
     session: Session,
     storage: Storage,
     cache: inference.ModelCache,
@@ -34,8 +65,7 @@ def prepare(
     files: list[tuple[str, bytes]],
     max_pixels: int,
 ) -> tuple[inference.LoadedModel, np.ndarray]:
-    """The loaded model and the normalised batch of (filename, bytes); every unreadable
-    file is named in the 422. Blocking (a database read, a model load, decoding)."""
+    """The loaded model and the normalised batch; every unreadable file is named in the 422."""
     row = get(session, tenant, model_id)
     # A request may wait for its micro-batch: hand the pooled connection back first, so that
     # waiting requests never hold the pool against the requests they would be batched with.
@@ -55,21 +85,6 @@ def prepare(
             "no images sent", code="image_missing", errors=[field_error("files", "required")]
         )
     return loaded, inference.normalise(loaded, images)
-
-
-def predictions(
-    model: inference.LoadedModel, names: list[str], probs: np.ndarray, top_k: int
-) -> list[dict]:
-    """The contract's predictions, one per file in the order sent."""
-    return [
-        {
-            "filename": name,
-            "label": ranked[0][0],
-            "score": ranked[0][1],
-            "top_k": [{"label": label, "score": score} for label, score in ranked],
-        }
-        for name, ranked in zip(names, inference.rank(model, probs, top_k), strict=True)
-    ]
 
 
 def export(

@@ -5,18 +5,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
-from app.core.errors import Conflict, Invalid
+from app.core.errors import Conflict, Invalid, NotFound
 from app.core.models import LOCAL_TENANT, Dataset, Job, JobStatus
 from app.core.storage import get_storage
 from app.datasets import service as datasets
 from app.jobs import service as jobs
 from app.jobs.schemas import JobCreate
 from tests.support.factories import make_dataset_row, make_job_row
+from tests.support.processes import wait_for
 
 
 @pytest.fixture
@@ -29,6 +30,17 @@ def _dataset(settings: Settings) -> str:
         dataset_id = make_dataset_row(session).id
         session.commit()
     return dataset_id
+
+
+def _waiting_on_a_lock(session: Session) -> bool:
+    waiting = session.scalar(
+        text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+    )
+    session.rollback()  # a fresh snapshot of pg_stat_activity next time
+    return bool(waiting)
 
 
 def _race(url: str, hold: Callable[[Session], object], then: Callable[[Session], object]) -> dict:
@@ -48,8 +60,9 @@ def _race(url: str, hold: Callable[[Session], object], then: Callable[[Session],
         hold(holding)
         thread = threading.Thread(target=run)
         thread.start()
-        thread.join(0.5)
-        assert thread.is_alive()  # it waits for the held transaction
+        with sessions() as observer:  # it waits for the held transaction's lock
+            assert wait_for(lambda: _waiting_on_a_lock(observer), timeout=10)
+        assert thread.is_alive()
         holding.commit()
         thread.join(10)
     return outcome
@@ -86,3 +99,15 @@ def test_a_job_created_while_its_dataset_is_deleted_is_a_422(settings: Settings)
     )
     error = outcome.get("error")
     assert isinstance(error, Invalid) and error.code == "dataset_not_found", outcome
+
+
+def test_a_delete_that_lost_to_another_delete_is_a_404(settings: Settings) -> None:
+    """Not the 409 'used by a queued or running job' of a dataset that is gone."""
+    dataset_id, storage = _dataset(settings), get_storage(settings)
+    outcome = _race(
+        settings.database_url,
+        lambda session: session.execute(delete(Dataset).where(Dataset.id == dataset_id)),
+        lambda session: datasets.delete(session, settings, storage, LOCAL_TENANT, dataset_id),
+    )
+    error = outcome.get("error")
+    assert isinstance(error, NotFound) and error.code == "dataset_not_found", outcome

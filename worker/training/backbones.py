@@ -43,22 +43,19 @@ def _transplant(
 ) -> None:
     """Copy every matching tensor except (unless `keep_head`) the classifier's.
 
-    Auxiliary classifiers, which only help training, may be absent from the weights and
-    keep their fresh initialisation: torchvision drops GoogLeNet's from a model built with
-    its pretrained weights (aux_logits=False), so its state dict never has them.
+    Auxiliary classifiers, which only help training, keep their fresh initialisation where
+    the weights do not fit them: torchvision drops GoogLeNet's from a model built with its
+    pretrained weights, and Inception v3's keeps ImageNet's 1000 outputs.
     """
     own = model.state_dict()
     head_keys = {k for k in own if k.startswith(head + ".")}
-    missing = [
-        k
-        for k in own
-        if k not in head_keys
-        and (k not in state or state[k].shape != own[k].shape)
-        and not (k.startswith(AUXILIARY) and k not in state)
-    ]
+    unfit = {k for k in own if k not in state or state[k].shape != own[k].shape}
+    fresh = {k for k in unfit if k.startswith(AUXILIARY)}
+    missing = sorted(unfit - head_keys - fresh)
     if missing:
         raise ValueError(f"weights do not fit this backbone; e.g. {missing[:3]}")
-    chosen = {k: v for k, v in state.items() if k in own and (keep_head or k not in head_keys)}
+    skipped = fresh if keep_head else fresh | head_keys
+    chosen = {k: v for k, v in state.items() if k in own and k not in skipped}
     model.load_state_dict(chosen, strict=False)
 
 

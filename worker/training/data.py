@@ -9,6 +9,7 @@ PIL, no DataLoader workers on the critical path.
 """
 
 import os
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -101,7 +102,8 @@ def cached_images(
         return images
     path = cache_file(cache)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique across hosts' containers sharing the work volume, whose pids repeat.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     out = np.lib.format.open_memmap(
         tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size)
     )

@@ -44,9 +44,9 @@ def test_a_batch_never_exceeds_max_batch() -> None:
     calls: list[int] = []
     gate = threading.Event()
     batcher = MicroBatcher(
-        lambda x: gate.wait(5) and _forward(calls, 0)(x), 4, max_wait_s=0.05, queue_size=10
+        lambda x: gate.wait(5) and _forward(calls, 0)(x), 4, max_wait_s=0.0, queue_size=10
     )
-    first = batcher.submit(_images(1))  # taken at once; its forward waits for the gate
+    first = batcher.submit(_images(1))  # a batch of its own; its forward waits for the gate
     time.sleep(0.05)
     waiting = [batcher.submit(_images(3, float(i))) for i in range(3)]
     gate.set()

@@ -34,10 +34,18 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str
     return out
 
 
-def _get(cache: ModelCache, files: dict, name: str, gate: threading.Event | None = None):  # type: ignore[no-untyped-def]
+def _get(  # type: ignore[no-untyped-def]
+    cache: ModelCache,
+    files: dict,
+    name: str,
+    gate: threading.Event | None = None,
+    started: threading.Event | None = None,
+):
     path, sha = files[name]
 
     def fetch() -> Path:
+        if started is not None:
+            started.set()
         if gate is not None:
             assert gate.wait(10)
         return path
@@ -79,10 +87,11 @@ def test_an_evicted_model_is_freed_without_a_garbage_collection(files: dict) -> 
 def test_a_slow_load_blocks_neither_other_models_nor_a_second_load(files: dict) -> None:
     cache = ModelCache(2, "cpu", BatchPolicy(enabled=False))
     loaded_a = _get(cache, files, "a")
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
     with ThreadPoolExecutor(3) as pool:
-        slow = [pool.submit(_get, cache, files, "b", gate) for _ in range(2)]
-        assert _get(cache, files, "a") is loaded_a  # while b's download hangs
+        slow = [pool.submit(_get, cache, files, "b", gate, started) for _ in range(2)]
+        assert started.wait(10)  # b's download hangs now
+        assert _get(cache, files, "a") is loaded_a
         gate.set()
         first, second = (f.result(10) for f in slow)
     assert first is second and cache.loads == 2  # b loaded once for both requests

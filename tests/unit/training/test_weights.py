@@ -67,21 +67,27 @@ def test_pretrained_weights_come_from_torch_home(torch_home: Path) -> None:
     assert state["fc.weight"].shape == (3, 512)
 
 
-def test_googlenet_pretrained_weights_fit_though_they_lose_their_auxiliary_heads(
-    torch_home: Path,
+@pytest.mark.parametrize(
+    ("backbone", "aux_fc", "body_key"),
+    [
+        ("googlenet", "aux1.fc2.weight", "inception5b.branch1.conv.weight"),
+        ("inception_v3", "AuxLogits.fc.weight", "Mixed_7c.branch1x1.conv.weight"),
+    ],
+)
+def test_pretrained_weights_fit_whatever_they_do_with_the_auxiliary_heads(
+    torch_home: Path, backbone: str, aux_fc: str, body_key: str
 ) -> None:
-    """torchvision's builder drops aux1/aux2 from a model built with weights; the model this
-    service trains keeps them, freshly initialised, instead of refusing the weights."""
-    resolved = registry.resolve_weights("googlenet", "DEFAULT")
+    """torchvision's builder drops GoogLeNet's aux1/aux2 from a model built with weights, and
+    Inception v3's keeps ImageNet's 1000 outputs: the model this service trains keeps its
+    own, freshly initialised, instead of refusing the weights."""
+    resolved = registry.resolve_weights(backbone, "DEFAULT")
     torch.manual_seed(3)  # the file as torchvision ships it: auxiliary heads included
     reference = models.get_model(
-        "googlenet", weights=None, aux_logits=True, init_weights=False
+        backbone, weights=None, aux_logits=True, init_weights=False
     ).state_dict()
-    state = _trained_from("googlenet", resolved, reference)
-    assert torch.equal(
-        state["inception5b.branch1.conv.weight"], reference["inception5b.branch1.conv.weight"]
-    )
-    assert state["aux1.fc2.weight"].shape == (3, 1024)  # there, for training, fresh
+    state = _trained_from(backbone, resolved, reference)
+    assert torch.equal(state[body_key], reference[body_key])
+    assert state[aux_fc].shape[0] == 3 != reference[aux_fc].shape[0]  # there, for training, fresh
 
 
 def test_unknown_weight_names_raise_key_error() -> None:
