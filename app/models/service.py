@@ -36,14 +36,35 @@ async def predict(
     top_k: int,
     max_pixels: int,
 ) -> list[dict]:
-    """Top-k predictions for each (filename, bytes), in the order sent.
+    """Top-k predictions for each (filename, bytes), in the order sent; every unreadable
+    file is named in the 422.
 
     The blocking part (a database read, a model load, decoding) runs in the thread pool;
     the wait for a shared forward pass runs on the event loop (inference.probabilities).
     """
-    loaded, batch = await run_in_threadpool(
-        _prepare, session, storage, cache, tenant, model_id, files, max_pixels
-    )
+
+    def prepare() -> tuple[inference.LoadedModel, np.ndarray]:
+        row = get(session, tenant, model_id)
+        # A request may wait for its micro-batch: hand the pooled connection back first, so that
+        # waiting requests never hold the pool against the requests they would be batched with.
+        session.close()
+        loaded = cache.get(row.id, lambda: storage.local(row.storage_key), row.sha256)
+        images, errors = [], []
+        for name, data in files:
+            try:
+                images.append(inference.decode(data, name, loaded.image_size, max_pixels))
+            except Invalid as exc:
+                errors.extend(exc.errors or [])
+        if errors:
+            names = ", ".join(e["file"] for e in errors)
+            raise Invalid(f"unreadable image(s): {names}", code="image_invalid", errors=errors)
+        if not images:
+            raise Invalid(
+                "no images sent", code="image_missing", errors=[field_error("files", "required")]
+            )
+        return loaded, inference.normalise(loaded, images)
+
+    loaded, batch = await run_in_threadpool(prepare)
     probs = await inference.probabilities(loaded, batch)
     return [
         {
@@ -54,37 +75,6 @@ async def predict(
         }
         for (name, _), ranked in zip(files, inference.rank(loaded, probs, top_k), strict=True)
     ]
-
-
-def _prepare(
-    session: Session,
-    storage: Storage,
-    cache: inference.ModelCache,
-    tenant: str,
-    model_id: str,
-    files: list[tuple[str, bytes]],
-    max_pixels: int,
-) -> tuple[inference.LoadedModel, np.ndarray]:
-    """The loaded model and the normalised batch; every unreadable file is named in the 422."""
-    row = get(session, tenant, model_id)
-    # A request may wait for its micro-batch: hand the pooled connection back first, so that
-    # waiting requests never hold the pool against the requests they would be batched with.
-    session.close()
-    loaded = cache.get(row.id, lambda: storage.local(row.storage_key), row.sha256)
-    images, errors = [], []
-    for name, data in files:
-        try:
-            images.append(inference.decode(data, name, loaded.image_size, max_pixels))
-        except Invalid as exc:
-            errors.extend(exc.errors or [])
-    if errors:
-        names = ", ".join(e["file"] for e in errors)
-        raise Invalid(f"unreadable image(s): {names}", code="image_invalid", errors=errors)
-    if not images:
-        raise Invalid(
-            "no images sent", code="image_missing", errors=[field_error("files", "required")]
-        )
-    return loaded, inference.normalise(loaded, images)
 
 
 def export(

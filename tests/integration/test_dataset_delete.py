@@ -87,27 +87,37 @@ def test_a_delete_waits_for_a_job_being_created_and_then_refuses(settings: Setti
         assert session.scalar(select(Job.dataset_id).where(Job.id == job_id)) == dataset_id
 
 
-def test_a_job_created_while_its_dataset_is_deleted_is_a_422(settings: Settings) -> None:
-    """The other order: the job's insert waited for the delete, then failed its foreign key,
-    which was a 500."""
+def _while_deleted(settings: Settings, then: Callable[[Session, str], object]) -> object:
+    """What `then(session, dataset_id)` raised, run while another transaction deletes the
+    dataset (and so waiting for it)."""
     dataset_id = _dataset(settings)
-    spec = JobCreate(dataset_id=dataset_id, weights=None, validation_split=0)
     outcome = _race(
         settings.database_url,
         lambda session: session.execute(delete(Dataset).where(Dataset.id == dataset_id)),
-        lambda session: jobs.create(session, settings, LOCAL_TENANT, spec, None),
+        lambda session: then(session, dataset_id),
     )
-    error = outcome.get("error")
-    assert isinstance(error, Invalid) and error.code == "dataset_not_found", outcome
+    return outcome.get("error", outcome)
+
+
+def test_a_job_created_while_its_dataset_is_deleted_is_a_422(settings: Settings) -> None:
+    """The other order: the job's insert waited for the delete, then failed its foreign key,
+    which was a 500."""
+
+    def create(session: Session, dataset_id: str) -> object:
+        spec = JobCreate(dataset_id=dataset_id, weights=None, validation_split=0)
+        return jobs.create(session, settings, LOCAL_TENANT, spec, None)
+
+    error = _while_deleted(settings, create)
+    assert isinstance(error, Invalid) and error.code == "dataset_not_found", error
 
 
 def test_a_delete_that_lost_to_another_delete_is_a_404(settings: Settings) -> None:
     """Not the 409 'used by a queued or running job' of a dataset that is gone."""
-    dataset_id, storage = _dataset(settings), get_storage(settings)
-    outcome = _race(
-        settings.database_url,
-        lambda session: session.execute(delete(Dataset).where(Dataset.id == dataset_id)),
-        lambda session: datasets.delete(session, settings, storage, LOCAL_TENANT, dataset_id),
+    storage = get_storage(settings)
+    error = _while_deleted(
+        settings,
+        lambda session, dataset_id: datasets.delete(
+            session, settings, storage, LOCAL_TENANT, dataset_id
+        ),
     )
-    error = outcome.get("error")
-    assert isinstance(error, NotFound) and error.code == "dataset_not_found", outcome
+    assert isinstance(error, NotFound) and error.code == "dataset_not_found", error
