@@ -17,10 +17,7 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
-        return
+    # A connection of its own, never a caller's: on SQLite `_run` commits around its pragma.
     with get_engine(url).connect() as conn:
         _run(conn)
 

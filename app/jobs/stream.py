@@ -25,7 +25,9 @@ POLL_LIMIT = 500  # events read per poll
 KEEPALIVE_S = 15
 
 
-def _poll(database_url: str, job_id: str, after: int, limit: int) -> tuple[bool, list[JobEvent]]:
+def _poll(
+    database_url: str, job_id: str, after: int, limit: int = POLL_LIMIT
+) -> tuple[bool, list[JobEvent]]:
     """Whether the job had ended, then its events after `after`.
 
     In that order: a job's terminal status commits with its event, so when it had ended
@@ -54,7 +56,7 @@ async def _events(database_url: str, job_id: str, after: int) -> AsyncIterator[d
     """
     settled = True  # whether the last status event sent was terminal (none: resumed)
     while True:
-        ended, batch = await run_in_threadpool(_poll, database_url, job_id, after, POLL_LIMIT)
+        ended, batch = await run_in_threadpool(_poll, database_url, job_id, after)
         for event in batch:
             after = event.id
             payload = {
