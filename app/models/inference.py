@@ -99,8 +99,10 @@ class ModelCache:
 
     A model is loaded outside the cache's lock (a download from remote storage, a hash and
     a load can take seconds): requests for loaded models never wait behind it, and
-    concurrent first requests for one model share its single load. An evicted model stays
-    usable by the requests holding it, and is freed when they finish.
+    concurrent first requests for one model share its single load. In the API the others
+    wait for it on the event loop (`load`), holding no thread of the pool every route
+    needs; the wait is as long as the load, which remote storage bounds (app.core.objectstore).
+    An evicted model stays usable by the requests holding it, and is freed when they finish.
     """
 
     def __init__(
@@ -117,16 +119,38 @@ class ModelCache:
         self.loads = 0
 
     def get(self, model_id: str, fetch: Callable[[], Path], sha256: str) -> LoadedModel:
-        """The loaded model; `fetch` gives its file (a download from remote storage) on a miss."""
+        """The loaded model; `fetch` gives its file (a download from remote storage) on a miss.
+
+        Blocks the calling thread while the model loads; `load` is the event loop's form.
+        """
+        entry, mine = self._claim(model_id)
+        if mine:
+            self._fill(model_id, entry, fetch, sha256)
+        return entry.result()
+
+    async def load(self, model_id: str, fetch: Callable[[], Path], sha256: str) -> LoadedModel:
+        """`get` for a coroutine: the load runs in the thread pool, waiting takes no thread."""
+        entry, mine = self._claim(model_id)
+        if mine:
+            await run_in_threadpool(self._fill, model_id, entry, fetch, sha256)
+        return await asyncio.wrap_future(entry)
+
+    def _claim(self, model_id: str) -> tuple[Future[LoadedModel], bool]:
+        """The model's entry, and whether the caller is the one to load it."""
         with self._lock:
             entry = self._models.get(model_id)
-            mine = entry is None
-            if entry is None:
-                entry = self._models[model_id] = Future()
-            else:
+            if entry is not None:
                 self._models.move_to_end(model_id)
-        if not mine:
-            return entry.result()  # loaded, or waits for the request loading it
+                return entry, False
+            entry = self._models[model_id] = Future()
+            # Running: a waiter that gives up (a client gone, its task cancelled) cannot
+            # cancel the load every other waiter shares; asyncio.wrap_future would try.
+            entry.set_running_or_notify_cancel()
+            return entry, True
+
+    def _fill(
+        self, model_id: str, entry: Future[LoadedModel], fetch: Callable[[], Path], sha256: str
+    ) -> None:
         try:
             loaded = self._load(fetch(), sha256)
         except BaseException as exc:
@@ -134,12 +158,11 @@ class ModelCache:
                 if self._models.get(model_id) is entry:
                     del self._models[model_id]
             entry.set_exception(exc)
-            raise
+            return
         entry.set_result(loaded)
-        for evicted in self._evict():
+        for evicted in self._evict(keep=model_id):
             if evicted.batcher is not None:
                 evicted.batcher.close()
-        return loaded
 
     def _load(self, path: Path, sha256: str) -> LoadedModel:
         loaded = _load(path, sha256, self.device, self.precision)
@@ -152,14 +175,17 @@ class ModelCache:
             self.loads += 1
         return loaded
 
-    def _evict(self) -> list[LoadedModel]:
-        """Drop the least recently used loaded models beyond `size` (never one loading)."""
+    def _evict(self, keep: str) -> list[LoadedModel]:
+        """Drop the least recently used loaded models beyond `size`, never one loading nor
+        `keep`, the one just loaded: when more models load at once than the cache holds, it
+        stays over `size` until the last of those loads ends.
+        """
         evicted = []
         with self._lock:
             for model_id, entry in list(self._models.items()):
                 if len(self._models) <= self.size:
                     break
-                if entry.done() and entry.exception() is None:
+                if model_id != keep and entry.done() and entry.exception() is None:
                     del self._models[model_id]
                     evicted.append(entry.result())
         return evicted

@@ -39,16 +39,19 @@ async def predict(
     """Top-k predictions for each (filename, bytes), in the order sent; every unreadable
     file is named in the 422.
 
-    The blocking part (a database read, a model load, decoding) runs in the thread pool;
-    the wait for a shared forward pass runs on the event loop (inference.probabilities).
+    The blocking parts (a database read, decoding) run in the thread pool; the waits, for
+    a model another request is loading and for a shared forward pass, run on the event
+    loop (inference.ModelCache.load, inference.probabilities).
     """
 
-    def prepare() -> tuple[inference.LoadedModel, np.ndarray]:
+    def locate() -> Model:
         row = get(session, tenant, model_id)
-        # A request may wait for its micro-batch: hand the pooled connection back first, so that
-        # waiting requests never hold the pool against the requests they would be batched with.
+        # A request may wait for a load or its micro-batch: hand the pooled connection back
+        # first, so that waiting requests never hold the pool against the ones they wait with.
         session.close()
-        loaded = cache.get(row.id, lambda: storage.local(row.storage_key), row.sha256)
+        return row
+
+    def prepare(loaded: inference.LoadedModel) -> np.ndarray:
         images, errors = [], []
         for name, data in files:
             try:
@@ -62,9 +65,11 @@ async def predict(
             raise Invalid(
                 "no images sent", code="image_missing", errors=[field_error("files", "required")]
             )
-        return loaded, inference.normalise(loaded, images)
+        return inference.normalise(loaded, images)
 
-    loaded, batch = await run_in_threadpool(prepare)
+    row = await run_in_threadpool(locate)
+    loaded = await cache.load(row.id, lambda: storage.local(row.storage_key), row.sha256)
+    batch = await run_in_threadpool(prepare, loaded)
     probs = await inference.probabilities(loaded, batch)
     return [
         {

@@ -19,6 +19,7 @@ from app.core.migrate import upgrade
 from app.core.models import Model
 from app.core.storage import get_storage
 from app.main import create_app
+from app.models import inference
 from app.models.inference import LoadedModel
 from tests.support.factories import make_dataset_row, make_model
 from tests.support.images import digit_members
@@ -116,6 +117,46 @@ def test_predict_hands_its_connection_back_before_the_forward(
         loaded.batcher.forward = watched
     assert client.post(url, files=files).status_code == 200
     assert seen == [False]
+
+
+def test_requests_for_a_model_still_loading_wait_without_holding_the_thread_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request for a model loads it (a download can take a minute); the others
+    wait for that load on the event loop. (They used to wait in the thread pool: 40 of
+    them stalled every route until the load ended.)"""
+    gate, loading = threading.Event(), threading.Event()
+    load = inference._load
+
+    def slow_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loading.set()
+        assert gate.wait(30)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "_load", slow_load)
+    tuned = Settings(  # committed rows, sessions of its own: the requests run at once
+        data_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path}/db.sqlite"
+    )
+    upgrade(tuned.database_url)
+    with get_sessionmaker(tuned.database_url)() as session:
+        dataset = make_dataset_row(session)
+        row = make_model(session, get_storage(tuned), {"id": dataset.id, "classes": ["a", "b"]})
+    _, held = digit_members(range(1), per_class=0, holdout=1, size=24)
+    files = [("files", ("0.png", held[0][0], "image/png"))]
+    url = f"/v1/models/{row.id}/predict"
+    sent = 50  # above the pool's 40 threads
+    with TestClient(create_app(tuned)) as client, ThreadPoolExecutor(sent + 1) as pool:
+        try:
+            pending = [pool.submit(client.post, url, files=files) for _ in range(sent)]
+            assert loading.wait(30)
+            threading.Event().wait(1)  # every request has reached the wait for the load
+            other = pool.submit(client.get, f"/v1/models/{row.id}")
+            assert other.result(10).status_code == 200 and not gate.is_set()
+        finally:
+            gate.set()
+        answered = [f.result(60) for f in pending]
+    assert {r.status_code for r in answered} == {200}
+    assert client.app.state.model_cache.loads == 1  # type: ignore[attr-defined]
 
 
 def test_predict_names_the_unreadable_file(client: TestClient, model: dict) -> None:

@@ -103,3 +103,51 @@ def test_a_failed_load_is_tried_again(files: dict) -> None:
     with pytest.raises(RuntimeError, match="sha256"):
         cache.get("a", lambda: path, "0" * 64)
     assert cache.get("a", lambda: path, files["a"][1]).classes == ["x", "y"]
+
+
+def test_the_model_just_loaded_is_not_evicted(files: dict) -> None:
+    """Two models load at once into a cache of one: the first to finish stays until the
+    second is in (it used to be evicted at once, and every request reloaded it)."""
+    cache = ModelCache(1, "cpu", BatchPolicy(max_wait_s=0.0))
+    gate_a, gate_b = threading.Event(), threading.Event()
+    started_a, started_b = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(_get, cache, files, "a", gate_a, started_a)
+        b = pool.submit(_get, cache, files, "b", gate_b, started_b)
+        assert started_a.wait(10) and started_b.wait(10)
+        gate_a.set()
+        loaded_a = a.result(10)
+        assert _get(cache, files, "a") is loaded_a and cache.loads == 1
+        gate_b.set()
+        b.result(10)
+    assert loaded_a.batcher is not None
+    loaded_a.batcher._thread.join(5)  # closed: a was evicted once b was in
+    assert not loaded_a.batcher._thread.is_alive()
+    assert _get(cache, files, "b") is b.result() and cache.loads == 2
+
+
+def test_a_waiter_that_gives_up_leaves_the_shared_load_to_the_others(files: dict) -> None:
+    cache = ModelCache(1, "cpu", BatchPolicy(enabled=False))
+    gate, started = threading.Event(), threading.Event()
+
+    async def scenario() -> inference.LoadedModel:
+        path, sha = files["a"]
+
+        def fetch() -> Path:
+            started.set()
+            assert gate.wait(10)
+            return path
+
+        loader = asyncio.create_task(cache.load("a", fetch, sha))
+        quitter = asyncio.create_task(cache.load("a", fetch, sha))
+        stayer = asyncio.create_task(cache.load("a", fetch, sha))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        quitter.cancel()  # its client went away
+        await asyncio.sleep(0.05)
+        gate.set()
+        first, third = await asyncio.wait_for(asyncio.gather(loader, stayer), 10)
+        assert first is third and quitter.cancelled()
+        return first
+
+    assert asyncio.run(scenario()).classes == ["x", "y"] and cache.loads == 1
