@@ -58,4 +58,3 @@ def limit_jobs(request: Request, settings: SettingsDep, tenant: TenantDep) -> No
 
 
 UploadLimit = Annotated[None, Depends(limit_uploads)]
-JobLimit = Annotated[None, Depends(limit_jobs)]

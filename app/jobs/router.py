@@ -9,7 +9,7 @@ from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.files import weights_file_response
 from app.api.pagination import AfterQuery, LimitQuery, page_of
 from app.api.problems import problems
-from app.api.ratelimit import JobLimit
+from app.api.ratelimit import limit_jobs
 from app.jobs import service
 from app.jobs.schemas import (
     CheckpointPage,
@@ -44,11 +44,11 @@ FILE_RESPONSE = {
 )
 def create_job(
     spec: JobCreate,
+    request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
     tenant: TenantDep,
-    _: JobLimit,
     idempotency_key: Annotated[
         str | None,
         Header(min_length=1, max_length=200, description="Same key + same body → the same job."),
@@ -60,9 +60,17 @@ def create_job(
     Every field but `dataset_id` has a default, echoed filled in the job's `spec`. With
     an `Idempotency-Key` header the same key and body answer the first job again (200);
     the same key with another body is refused (422 `idempotency_key_reused`). `Location`
-    names the new job.
+    names the new job. Submissions are rate-limited per tenant (429 `rate_limited`); a
+    replay is not counted.
     """
-    job, created = service.create(session, settings, tenant, spec, idempotency_key)
+    job, created = service.create(
+        session,
+        settings,
+        tenant,
+        spec,
+        idempotency_key,
+        admit=lambda: limit_jobs(request, settings, tenant),
+    )
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.status_code = status.HTTP_200_OK

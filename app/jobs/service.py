@@ -4,6 +4,7 @@ sweep of stored job files no row names."""
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import func, literal, select, update
@@ -56,12 +57,23 @@ def _by_idempotency_key(session: Session, tenant: str, key: str, digest: str) ->
 
 
 def create(
-    session: Session, settings: Settings, tenant: str, spec: JobCreate, idempotency_key: str | None
+    session: Session,
+    settings: Settings,
+    tenant: str,
+    spec: JobCreate,
+    idempotency_key: str | None,
+    admit: Callable[[], None] = lambda: None,
 ) -> tuple[Job, bool]:
-    """Record a queued job, commit, then enqueue. Returns (job, created)."""
+    """Record a queued job, commit, then enqueue. Returns (job, created).
+
+    `admit` runs once the request is known not to replay an Idempotency-Key, before the
+    spec is checked; it raises to refuse the submission (the rate limit). A client retrying
+    a submission it never got an answer to gets its job back, not a 429.
+    """
     digest = _request_hash(spec)
     if idempotency_key and (job := _by_idempotency_key(session, tenant, idempotency_key, digest)):
         return job, False
+    admit()
     check_spec(session, tenant, spec)
     job = Job(
         id=new_id(ids.JOB),

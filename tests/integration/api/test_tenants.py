@@ -105,6 +105,27 @@ def test_job_submissions_are_rate_limited_per_tenant(
     assert refused.json()["code"] == "rate_limited" and int(refused.headers["retry-after"]) >= 1
 
 
+def test_a_replayed_submission_is_not_counted_by_the_rate_limit(
+    settings: Settings, db_session: Session, dataset: dict
+) -> None:
+    """A client that never got its answer sends the same Idempotency-Key again: it gets its
+    job back, not a 429, however often it retries (replays used to use up the limit)."""
+    limited = settings.model_copy(
+        update={"rate_limit_jobs": "2/minute", "broker_url": settings.broker_url}
+    )
+    app = create_app(limited)
+    app.dependency_overrides[get_session] = lambda: db_session
+    body = {"dataset_id": dataset["id"], "weights": None}
+    with TestClient(app) as client:
+        key = {"Idempotency-Key": "k1"}
+        sent = [client.post("/v1/jobs", json=body, headers=key) for _ in range(3)]
+        second = client.post("/v1/jobs", json=body)
+        refused = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k2"})
+    assert [r.status_code for r in sent] == [202, 200, 200]
+    assert len({r.json()["id"] for r in sent}) == 1
+    assert second.status_code == 202 and refused.status_code == 429
+
+
 def test_a_key_lookup_leaves_no_transaction_open(pg_url: str) -> None:
     """It runs before a request's own work, which may take minutes away from the database
     (an upload received and checked): an open read would keep its connection idle in a
