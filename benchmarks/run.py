@@ -104,6 +104,10 @@ NOTES = """
   at 32 px measured 759 img/s in one run and 466 img/s two hours later. Compare ratios
   within one run; figures from different runs are not comparable, and ratios themselves
   moved by ±20 % between runs of the same code (see the history in the issue notes).
+  Runs 23 and 24 (2026-12-04 12:47 and 13:18 UTC) ran the same code on the same host half
+  an hour apart, with nothing else running: 1.23× and 1.54× the textbook loop at 32 px,
+  2.80× and 3.86× at 224 px, micro-batching 3.13× and 2.45×, the API's p99 while a job
+  trained 59 and 29 ms. Four of the six targets were met in one run and missed in the other.
 - Runs also land on different hosts under the same CPU name; the header's instruction set
   and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
   service trains images of 64 px and up in bf16 + channels_last. At 224 px its steps alone
@@ -203,7 +207,9 @@ NOTES = """
   served half run 19's requests a second; 20 minutes later a run of the service rows alone
   gave 0.42 s (ratio 1.15, steps 1.12×; the API back at 395 req/s, p99 16.7 ms). In run 22
   (2026-12-04), with the embedded broker's workers waking on inotify instead of polling, the
-  same host gave 1.13 (steps 1.14×, own 0.19 s, CPU ratio 1.15, core 7.1 s). Timed per
+  same host gave 1.13 (steps 1.14×, own 0.19 s, CPU ratio 1.15, core 7.1 s), and in runs
+  23 and 24 1.12 (steps 1.10×, own 0.22 s, CPU ratio 1.13, core 8.5 s) and 1.19 (steps
+  1.19×, own 0.30 s, CPU ratio 1.19, core 8.8 s). Timed per
   call inside a worker there (2026-12-04, the 4-epoch job): each CPU copy an epoch makes
   (weights, optimiser state) faulted ~7k fresh pages in during the first epoch, 20-100 ms of
   the training thread each (5-10 ms later), so fit's best state and the checkpoint now share
@@ -232,7 +238,8 @@ NOTES = """
   speed), p99 was 89 ms. `idle p99 ms`, the same load with no job, shows which day it was.
   On the AVX512-BF16 EPYC the saturated row served 456 req/s in run 19 (p99 while training
   12.7 ms) and 233 req/s an hour later in run 20 (p99 71 ms, 43 ms with no job at all);
-  430 req/s in run 22 (p99 while training 15.1 ms, 8.5 ms with no job).
+  430 req/s in run 22 (p99 while training 15.1 ms, 8.5 ms with no job), 268 and 255 req/s
+  in runs 23 and 24 (59 and 29 ms while training, 9.5 and 9.8 ms with no job).
 - `forward ceiling ratio` is what micro-batching saves in the model itself: a 32-image
   forward of the served model against 32 one-image forwards, in-process on idle cores. On
   the AVX2 host and the AVX512 EPYC a one-image forward already keeps both cores busy, so
@@ -242,19 +249,25 @@ NOTES = """
   against 2.53, 2.55 against 3.02, 2.87 against 2.84, 2.43 against 2.86 and 2.92 against
   3.00 in five runs on the AVX512 EPYC (the last three runs 19, 20 and 22; folding each
   BatchNorm into its convolution made both sides 3-6 % faster there and left the ceiling
-  where it was, so the service does not), 1.88 against 1.89 and 2.15 against 2.36 in
+  where it was, so the service does not), then 3.13 against 3.01 and 2.45 against 3.03 in
+  runs 23 and 24, with requests waiting for their batch and for a model's load on the event
+  loop instead of in threads (right after run 24, the predict row alone in alternated
+  rounds gave 3.07 and 2.96 for this code, 2.97 and 2.68 for the code of run 22), 1.88
+  against 1.89 and 2.15 against 2.36 in
   two runs on AVX2 hosts. The ceiling is measured on idle cores; served forwards share the
   two cores with the load generator and 32 requests' HTTP and decoding, which moves both
   sides of the end-to-end ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
   the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11×, 0.95×,
-  0.93×, 1.21× and 0.76× in five runs on the AVX512 EPYC (the last run 22) and 0.73× and
-  1.00× on AVX2 hosts, after a first epoch that spends 20-95 s compiling (12 s in run 20,
-  when inductor's cache in /tmp was warm from run 19; 48 s in run 22, on a new machine).
+  0.93×, 1.21×, 0.76×, 1.26× and 1.05× in seven runs on the AVX512 EPYC (the last runs 22,
+  23 and 24) and 0.73× and 1.00× on AVX2 hosts, after a first epoch that spends 20-95 s
+  compiling (12 s in run 20 and 8.9 s in run 24, when inductor's cache in /tmp was warm
+  from the run before; 48 s in run 22 and 70 s in run 23, each on a new machine).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - Dispatch latency with the embedded broker is a wait for a file: idle workers wake when a
   message is renamed into their queue folder (inotify; app/core/filebroker.py). In run 22 it
-  was 7.6 ms at the median (max 15.9 ms) against Redis's 9.6 ms; in run 20, when workers
+  was 7.6 ms at the median (max 15.9 ms) against Redis's 9.6 ms, in runs 23 and 24 9.9 and
+  9.6 ms against 10.3 and 14.0 ms; in run 20, when workers
   polled the folder every 0.2 s, 41 ms (max 104 ms).
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
