@@ -57,7 +57,13 @@ def api(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(help="Training processes (one per GPU).")] = 1,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="Training processes; with device auto, process k trains on GPU k (mod the "
+            "host's GPU count): one per GPU."
+        ),
+    ] = 1,
     queues: Annotated[
         str | None,
         typer.Option(help="Comma-separated queues to consume (default: the gpu and cpu queues)."),

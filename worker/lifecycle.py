@@ -7,6 +7,7 @@ import socket
 import threading
 from typing import Any
 
+from billiard.process import current_process
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 from celery.worker import state
 from sqlalchemy import delete
@@ -18,6 +19,7 @@ from app.core.models import Worker, utcnow
 from app.core.queue import TRAIN_TASK
 from app.core.reaper import reap
 from app.core.storage import tidy_host
+from worker.training.trainer import use_gpu_slot
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,9 @@ _stopping = False
 def _child_started(**_: object) -> None:
     forget_inherited_connections()
     os.nice(get_settings().worker_nice)
+    # The pool's index of this child (0..concurrency-1; a replacement child takes over the
+    # index of the one it replaces): with device `auto`, child k trains on GPU k.
+    use_gpu_slot(getattr(current_process(), "index", 0) or 0)
 
 
 @worker_ready.connect

@@ -38,7 +38,10 @@ class Settings(BaseSettings):
         "one 50 MiB part): bounds an upload to a store that stops reading.",
     )
     device: str = Field(
-        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda, cuda:N."
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto (a GPU if any: a worker's training process k takes GPU k), cpu, "
+        "cuda, cuda:N.",
     )
     auth_required: bool = False
 

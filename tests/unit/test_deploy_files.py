@@ -150,11 +150,15 @@ def test_api_serves_port_8000_and_checks_readiness(services: dict[str, Any]) -> 
     assert "/readyz" in _command(api["healthcheck"]["test"])
 
 
-def test_gpu_worker_trains_on_one_gpu_and_stops_gracefully(services: dict[str, Any]) -> None:
+def test_gpu_worker_trains_one_job_per_gpu_and_stops_gracefully(services: dict[str, Any]) -> None:
+    """It sees the host's GPUs and runs one training process per GPU (FINETUNE_GPUS, default 1):
+    pool child k trains on GPU k (worker.lifecycle). A `count: 1` reservation per replica put
+    every replica of `--scale` on the host's first GPU."""
     worker = services["worker-gpu"]
-    assert "finetune worker --queues gpu --concurrency 1" in _command(worker["command"])
+    command = _command(worker["command"])
+    assert "finetune worker --queues gpu --concurrency '${FINETUNE_GPUS:-1}'" in command
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert worker["stop_grace_period"] == "2m"
     # No DataLoader worker processes (decoding runs in threads): no /dev/shm to enlarge.
     assert "shm_size" not in worker

@@ -40,10 +40,26 @@ class TrainingDiverged(Exception):
         self.epoch, self.what = epoch, what
 
 
+_gpu_slot = 0  # which of several GPUs `auto` means in this process (use_gpu_slot)
+
+
+def use_gpu_slot(slot: int) -> None:
+    """Make `auto` mean GPU `slot` mod the GPU count in this process.
+
+    A worker's pool child k takes slot k (worker.lifecycle), so `finetune worker
+    --concurrency N` on a host of N GPUs trains one job per GPU, not N on the first.
+    """
+    global _gpu_slot
+    _gpu_slot = slot
+
+
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """`auto`: this process's GPU (use_gpu_slot) when CUDA is present, else the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", _gpu_slot % torch.cuda.device_count())
 
 
 def build_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -251,6 +267,8 @@ def build_trainer(spec: TrainSpec, steps_per_epoch: int, micro_batch: int | None
     device = resolve_device(spec.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        if device.index is not None:  # what cuDNN, kernels and memory stats take as current
+            torch.cuda.set_device(device)
     model, freezing = build_model(spec)
     model = place_model(model, device)
     amp = resolve_amp(spec.mixed_precision, device, spec.image_size)
