@@ -1,12 +1,29 @@
 """Downloads of stored weights files, with the sha256 as a strong ETag."""
 
+from typing import Any
+
 from fastapi import Request, Response
 from fastapi.responses import FileResponse
+from starlette.responses import MalformedRangeHeader
+from starlette.responses import RangeNotSatisfiable as RangeBeyondEnd
 
 from app.api.head import HEAD
+from app.core.errors import AppError, RangeNotSatisfiable
 from app.core.storage import Storage
 
 SAFETENSORS = "application/octet-stream"
+
+
+def download_responses(description: str) -> dict[int | str, dict[str, Any]]:
+    """The success answers of a download route, for its OpenAPI `responses`."""
+    return {
+        200: {"content": {SAFETENSORS: {}}, "description": description},
+        206: {
+            "content": {SAFETENSORS: {}},
+            "description": "The bytes a `Range` header asked for (`Content-Range` says which)",
+        },
+        304: {"description": "Not modified: `If-None-Match` holds this file's ETag"},
+    }
 
 
 def weights_file_response(
@@ -21,6 +38,7 @@ def weights_file_response(
     held = request.headers.get("if-none-match", "")
     if etag in held or held.strip() == "*":  # "*": any version the client holds (RFC 9110)
         return Response(status_code=304, headers={"ETag": etag})
+    _check_range(request, etag, size)
     response = FileResponse(
         storage.local(key) if not request.scope.get(HEAD) else key,
         media_type=SAFETENSORS,
@@ -31,3 +49,23 @@ def weights_file_response(
         headers = {**response.headers, "content-length": str(size), "accept-ranges": "bytes"}
         return Response(headers=headers)
     return response
+
+
+def _check_range(request: Request, etag: str, size: int) -> None:
+    """Refuse a `Range` FileResponse would refuse, as problem+json: it answers a malformed
+    one (400) and one beyond the end (416) in text/plain, outside the app's error handlers.
+
+    Parsed by FileResponse's own parser, so the two never disagree on what is valid. An
+    `If-Range` naming another version makes the Range moot: the whole file is sent.
+    """
+    wanted = request.headers.get("range")
+    if wanted is None or request.headers.get("if-range", etag) != etag:
+        return
+    try:
+        FileResponse._parse_range_header(wanted, size)
+    except MalformedRangeHeader as exc:
+        raise AppError(f"Range header: {exc.content}", code="range_invalid") from None
+    except RangeBeyondEnd:
+        raise RangeNotSatisfiable(
+            f"Range {wanted!r} is beyond the file's {size} bytes", size=size
+        ) from None

@@ -11,30 +11,51 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.api.problems import Problem
+from app.core.config import Settings
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 DESCRIPTIONS = {
+    "400": "Malformed request: a `Range` header, or a multipart body that does not parse",
     "401": "Missing or invalid API key",
     "404": "Not found (also another tenant's resource)",
     "409": "Conflict with the resource's state",
     "413": "Request body too large",
     "422": "Invalid request; `errors` names each bad field or file",
+    "416": "`Range` beyond the end of the file; `Content-Range` gives its size",
     "429": "Rate limited; see Retry-After",
     "500": "Internal error; the detail holds a reference for the server log",
     "503": "Unavailable for now (the prediction queue is full, or the database or storage "
     "did not answer); retry after Retry-After",
 }
+
+
+def _too_large(limit: str) -> str:
+    """The 413's detail (app.api.limits) under the default of setting `limit`."""
+    return f"the request body is larger than {int(Settings.model_fields[limit].default)} bytes"
+
+
+def _too_many(action: str, rule: str) -> str:
+    """The 429's detail (app.api.ratelimit) under the default of setting `rule`."""
+    return f"too many {action} for this tenant: at most {Settings.model_fields[rule].default}"
+
+
 # One typical problem per status, with a code users will meet (app/core/errors.py).
 EXAMPLES = {
+    "400": ("bad_request", "There was an error parsing the body", None),
     "401": ("unauthorized", "missing or invalid API key", None),
     "404": ("{kind}_not_found", "{kind} {id} does not exist", None),
-    "413": ("upload_too_large", "the upload is larger than 10737418240 bytes", None),
+    "413": ("upload_too_large", _too_large("max_json_bytes"), None),
+    "416": (
+        "range_not_satisfiable",
+        "Range 'bytes=90000000-' is beyond the file's 44786837 bytes",
+        None,
+    ),
     "422": (
         "validation_error",
         "invalid request: body.epochs",
         [{"field": "body.epochs", "message": "Input should be less than or equal to 1000"}],
     ),
-    "429": ("rate_limited", "too many uploads for this tenant: at most 20/minute", None),
+    "429": ("rate_limited", _too_many("job submissions", "rate_limit_jobs"), None),
     "500": ("internal_error", "internal error; reference 7f3a9c2e1b4d in the server log", None),
     "503": (
         "database_unavailable",
@@ -43,10 +64,12 @@ EXAMPLES = {
     ),
 }
 TITLES = {
+    "400": "Bad request",
     "401": "Unauthorized",
     "404": "Not found",
     "409": "Conflict",
     "413": "Payload too large",
+    "416": "Range not satisfiable",
     "422": "Unprocessable content",
     "429": "Too many requests",
     "500": "Internal server error",
@@ -91,10 +114,31 @@ CONFLICTS = {  # by path
 }
 
 
+# Examples that differ by path: (status, path) → (code, detail).
+BY_PATH = {
+    ("400", "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/content"): (
+        "range_invalid",
+        "Range header: Only support bytes range",
+    ),
+    ("400", "/v1/models/{model_id}/content"): (
+        "range_invalid",
+        "Range header: Only support bytes range",
+    ),
+    ("413", "/v1/datasets"): ("upload_too_large", _too_large("max_upload_bytes")),
+    ("413", "/v1/models/{model_id}/predict"): ("upload_too_large", _too_large("max_predict_bytes")),
+    ("429", "/v1/datasets"): ("rate_limited", _too_many("uploads", "rate_limit_uploads")),
+    ("500", "/v1/models/{model_id}/content"): (
+        "export_failed",
+        "onnx export differs from the torch model by 3.20e-02",
+    ),
+}
+
+
 def _problem(status: str, path: str) -> dict[str, Any]:
     code, detail, errors = EXAMPLES.get(status, ("error", "error", None))
     if status == "409":
         code, detail = CONFLICTS.get(path, ("conflict", "conflict with the resource's state"))
+    code, detail = BY_PATH.get((status, path), (code, detail))
     segment = path.split("/")[2] if path.startswith("/v1/") else ""
     kind = {"datasets": "dataset", "jobs": "job", "models": "model"}.get(segment, "job")
     code, detail = code.format(kind=kind), detail.format(kind=kind, id=IDS[f"{kind}_id"])
@@ -108,8 +152,11 @@ def _problem(status: str, path: str) -> dict[str, Any]:
     }
     if errors:
         example["errors"] = errors
+    description = DESCRIPTIONS.get(status, "Error")
+    if code == "export_failed":
+        description += "; `export_failed`: an export could not be made or disagreed with torch"
     response: dict[str, Any] = {
-        "description": DESCRIPTIONS.get(status, "Error"),
+        "description": description,
         "content": {"application/problem+json": {"schema": PROBLEM_REF, "example": example}},
     }
     if status in {"429", "503"}:
@@ -129,6 +176,10 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[str]:
             statuses.add("413")
     if (path, method) in {("/v1/datasets", "post"), ("/v1/jobs", "post")}:
         statuses.add("429")
+    if path.endswith("/content"):
+        statuses |= {"400", "416"}  # a Range header (app.api.files)
+    if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
+        statuses.add("400")  # a body that does not parse as multipart
     return statuses
 
 

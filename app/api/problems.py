@@ -14,7 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.errors import AppError, Invalid, TooManyRequests, Unauthorized, Unavailable
+from app.core.errors import (
+    AppError,
+    Invalid,
+    RangeNotSatisfiable,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
 from app.core.storage import unreachable
 
 log = logging.getLogger(__name__)
@@ -90,6 +97,8 @@ def install(app: FastAPI) -> None:
             headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, Unavailable):  # e.g. the prediction queue is full
             headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, RangeNotSatisfiable):
+            headers["Content-Range"] = f"bytes */{exc.size}"
         return problem_response(
             request,
             exc.status,

@@ -66,6 +66,18 @@ class PayloadTooLarge(AppError):
     code = "upload_too_large"
 
 
+class RangeNotSatisfiable(AppError):
+    """A `Range` beyond a download's end (416); `Content-Range` gives the file's size."""
+
+    status = 416
+    title = "Range not satisfiable"
+    code = "range_not_satisfiable"
+
+    def __init__(self, detail: str, *, size: int) -> None:
+        super().__init__(detail)
+        self.size = size
+
+
 class Unavailable(AppError):
     status = 503
     title = "Service unavailable"

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
-from app.api.files import weights_file_response
+from app.api.files import download_responses, weights_file_response
 from app.api.pagination import AfterQuery, LimitQuery, page_of
 from app.api.problems import problems
 from app.api.ratelimit import limit_jobs
@@ -26,10 +26,6 @@ from app.jobs.stream import event_stream
 MAX_EVENT_ID = 2**63 - 1  # event ids are BIGINT
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-FILE_RESPONSE = {
-    200: {"content": {"application/octet-stream": {}}, "description": "A safetensors weights file"}
-}
 
 
 @router.post(
@@ -233,7 +229,7 @@ def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> dic
 @router.get(
     "/{job_id}/checkpoints/{checkpoint_id}/content",
     response_class=Response,
-    responses={**FILE_RESPONSE, **problems(404)},
+    responses={**download_responses("A safetensors weights file"), **problems(404)},
     summary="Download a checkpoint's weights file (ETag = sha256)",
 )
 def download_checkpoint(

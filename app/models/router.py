@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
-from app.api.files import weights_file_response
+from app.api.files import download_responses, weights_file_response
 from app.api.pagination import AfterQuery, LimitQuery, page_of
 from app.api.problems import problems
 from app.core import registry
@@ -49,10 +49,7 @@ def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelRea
     "/v1/models/{model_id}/content",
     response_class=Response,
     responses={
-        200: {
-            "content": {"application/octet-stream": {}},
-            "description": "A safetensors weights file",
-        },
+        **download_responses("The weights file, or the export `format` names"),
         **problems(404),
     },
     summary="Download the model's weights file (ETag = sha256)",

@@ -55,6 +55,29 @@ def test_download_loads_into_plain_torchvision_and_honours_etag(
     assert meta["job_id"] == model["job_id"] and meta["epoch"] == "1" and meta["image_size"] == "16"
 
 
+def test_a_download_serves_ranges_and_refuses_bad_ones_as_problems(
+    client: TestClient, model: dict
+) -> None:
+    url = f"/v1/models/{model['id']}/content"
+    whole = client.get(url)
+    size, etag = len(whole.content), whole.headers["etag"]
+    part = client.get(url, headers={"Range": "bytes=8-15"})
+    assert part.status_code == 206 and part.content == whole.content[8:16]
+    assert part.headers["content-range"] == f"bytes 8-15/{size}"
+    beyond = client.get(url, headers={"Range": f"bytes={size}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}"
+    malformed = client.get(url, headers={"Range": "items=0-1"})
+    assert malformed.status_code == 400
+    for refused, code in ((beyond, "range_not_satisfiable"), (malformed, "range_invalid")):
+        assert refused.headers["content-type"] == "application/problem+json"  # was text/plain
+        assert refused.json()["code"] == code
+    # If-Range naming another version: the Range is moot and the whole file comes back.
+    stale = client.get(url, headers={"Range": f"bytes={size}-", "If-Range": '"other"'})
+    assert stale.status_code == 200 and stale.content == whole.content
+    fresh = client.get(url, headers={"Range": "bytes=0-7", "If-Range": etag})
+    assert fresh.status_code == 206 and fresh.content == whole.content[:8]
+
+
 def test_head_answers_every_get_route_with_its_headers(
     client: TestClient, model: dict, settings: Settings
 ) -> None:

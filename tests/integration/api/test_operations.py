@@ -156,6 +156,33 @@ def test_openapi_documents_every_route_with_problems(client: TestClient) -> None
     conflict = paths["/v1/datasets/{dataset_id}"]["delete"]["responses"]["409"]
     assert conflict["content"]["application/problem+json"]["example"]["code"] == "dataset_in_use"
 
+    def example(path: str, method: str, status: str) -> dict:
+        response = paths[path][method]["responses"][status]
+        return response["content"]["application/problem+json"]["example"]
+
+    for path in (
+        "/v1/models/{model_id}/content",
+        "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/content",
+    ):
+        responses = paths[path]["get"]["responses"]
+        assert {"200", "206", "304", "400", "416"} <= set(responses), path
+        assert example(path, "get", "400")["code"] == "range_invalid"
+        assert example(path, "get", "416")["code"] == "range_not_satisfiable"
+    assert example("/v1/models/{model_id}/content", "get", "500")["code"] == "export_failed"
+    for path in ("/v1/datasets", "/v1/models/{model_id}/predict"):  # multipart bodies
+        assert "400" in paths[path]["post"]["responses"], path
+    # The examples say what the service says, under the default limits.
+    defaults = Settings()
+    limits = {
+        "/v1/datasets": defaults.max_upload_bytes,
+        "/v1/models/{model_id}/predict": defaults.max_predict_bytes,
+        "/v1/jobs": defaults.max_json_bytes,
+    }
+    for path, limit in limits.items():
+        assert f"larger than {int(limit)} bytes" in example(path, "post", "413")["detail"]
+    assert "uploads" in example("/v1/datasets", "post", "429")["detail"]
+    assert defaults.rate_limit_jobs in example("/v1/jobs", "post", "429")["detail"]
+
 
 def test_unhandled_errors_are_problems_without_traces(client: TestClient) -> None:
     @client.app.get("/boom")  # type: ignore[attr-defined]
