@@ -14,14 +14,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import Settings
 
-_PREDICT = re.compile(r"^/v1/models/[^/]+/predict$")
+# A trailing slash gets the route's own limit: the router then redirects it (307) instead
+# of the JSON limit answering a misleading 413.
+_PREDICT = re.compile(r"^/v1/models/[^/]+/predict/?$")
 
 
 def body_limit(settings: Settings, method: str, path: str) -> int | None:
     """The byte limit of a request's body, or None for requests without one."""
     if method not in {"POST", "PUT", "PATCH"}:
         return None
-    if path == "/v1/datasets":
+    if path.rstrip("/") == "/v1/datasets":
         return settings.max_upload_bytes
     if _PREDICT.match(path):
         return settings.max_predict_bytes

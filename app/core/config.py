@@ -86,7 +86,13 @@ class Settings(BaseSettings):
         ByteSize(20 * 2**30), ge=1, description="Uncompressed total (bombs)."
     )
     max_compression_ratio: float = Field(200.0, gt=1, description="Per zip member (bombs).")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Per image (decompression bombs).")
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        # Pillow itself refuses anything over twice its MAX_IMAGE_PIXELS (89,478,485) at open.
+        le=178_956_970,
+        description="Per image (decompression bombs); at most 178956970, Pillow's own limit.",
+    )
     rate_limit_uploads: str = Field("20/minute", description="Per tenant (`limits` notation).")
     rate_limit_jobs: str = Field("120/minute", description="Per tenant (`limits` notation).")
     max_running_jobs_per_tenant: int = Field(2, ge=1, description="Others wait queued.")

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import lzma
 import re
 import shutil
 import stat
@@ -32,14 +33,23 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 # A solid-colour BMP legitimately deflates ~1000:1, so the ratio test ignores small members.
 _RATIO_MIN_BYTES = 1 << 20
 _CHUNK = 1 << 20
+# Hostile or damaged bytes fail inside zipfile, tarfile and their decompressors with many
+# exception types: a spanned zip (BadZipFile from the probe), a gzip cut short (EOFError),
+# a corrupt .xz or LZMA member (LZMAError), a name flagged UTF-8 that is not
+# (UnicodeDecodeError), a malformed sparse map (ValueError, IndexError).
 _READ_ERRORS = (
     zipfile.BadZipFile,
     tarfile.TarError,
     EOFError,
     zlib.error,
+    lzma.LZMAError,
     OSError,
     NotImplementedError,
+    ValueError,
+    IndexError,
 )
+# A central directory entry takes 46 bytes plus its name; names average far below this.
+_DIRECTORY_BYTES_PER_MEMBER = 256
 
 
 @dataclass(frozen=True)
@@ -105,20 +115,47 @@ def _reading() -> Iterator[None]:
         raise Invalid(f"The archive is corrupt: {exc}", code="archive_invalid") from exc
 
 
-@contextmanager
-def _open_archive(archive: Path, limits: Limits) -> Iterator[tuple[list[Member], Opener]]:
+def _kind(archive: Path) -> str | None:
+    """`zip`, `tar` (plain or compressed) or None."""
     with archive.open("rb") as fh:
         zip_magic = fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
     # A tar whose last member is a zip also passes is_zipfile, so the zip magic decides first.
-    is_zip = zipfile.is_zipfile(archive)
-    if is_zip and (zip_magic or not tarfile.is_tarfile(archive)):
+    if zipfile.is_zipfile(archive) and (zip_magic or not tarfile.is_tarfile(archive)):
+        return "zip"
+    return "tar" if tarfile.is_tarfile(archive) else None
+
+
+def _check_zip_directory(archive: Path, limits: Limits) -> None:
+    """Refuse a zip whose central directory is too large before ZipFile reads it: ZipFile
+    holds the whole directory and builds an object per entry (~400 bytes each), so a 1 GB
+    directory of 20 million entries would take ~8 GB of the API's memory before the count
+    of entries could be checked."""
+    with archive.open("rb") as fh:
+        end = zipfile._EndRecData(fh)  # the end record ZipFile itself reads first
+    if end is None:
+        return  # ZipFile will say what is wrong
+    _check_count(end[zipfile._ECD_ENTRIES_TOTAL], limits)
+    if end[zipfile._ECD_SIZE] > _DIRECTORY_BYTES_PER_MEMBER * limits.max_members:
+        raise Invalid(
+            f"The archive's directory of {end[zipfile._ECD_SIZE]} bytes is too large for "
+            f"{limits.max_members} entries.",
+            code="archive_too_large",
+        )
+
+
+@contextmanager
+def _open_archive(archive: Path, limits: Limits) -> Iterator[tuple[list[Member], Opener]]:
+    with _reading():
+        kind = _kind(archive)
+    if kind == "zip":
         with _reading():
+            _check_zip_directory(archive, limits)
             zf = zipfile.ZipFile(archive)
         with zf:
             with _reading():
                 members = _zip_members(zf, limits)
             yield members, lambda m: zf.open(m.ref)
-    elif tarfile.is_tarfile(archive):
+    elif kind == "tar":
         with _reading():
             tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tf` below
         with tf:
@@ -140,7 +177,15 @@ def _name_problem(name: str) -> str | None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "member name is not valid UTF-8"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # a NUL is refused by Postgres' JSONB
+        return "control character in member name"
     return None
+
+
+def _printable(name: str) -> str:
+    """A member name as JSON can carry it: tarfile keeps bytes that are not UTF-8 as lone
+    surrogates, which no JSON encoder writes; they become `\\xe9` escapes instead."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _parts(name: str) -> tuple[str, ...]:
@@ -208,7 +253,8 @@ def _check_count(count: int, limits: Limits) -> None:
 
 def _check_unsafe(unsafe: list[tuple[str, str]]) -> None:
     if unsafe:
-        raise refusal("archive_unsafe", "The archive has unsafe members.", unsafe)
+        named = [(_printable(name), problem) for name, problem in unsafe]
+        raise refusal("archive_unsafe", "The archive has unsafe members.", named)
 
 
 def _check_sizes(members: list[Member], limits: Limits) -> None:

@@ -101,6 +101,11 @@ def tar_bomb(total: int) -> bytes:
     return _tar([*good_members().items(), ("digit_1/zeros.png", b"\0" * total)])
 
 
+def latin1_name_tar() -> bytes:
+    """A tar made where names are Latin-1: `café.png` holds the byte 0xE9, not UTF-8."""
+    return _tar([*good_members().items(), ("digit_0/caf\udce9.png", image_bytes("PNG"))], "w")
+
+
 def many_members(count: int) -> bytes:
     png = digit_png(np.zeros((8, 8), dtype=np.uint8), size=8)
     return _zip({f"digit_{i % 2}/{i}.png": png for i in range(count)}, zipfile.ZIP_STORED)

@@ -14,6 +14,7 @@ from app.core.config import Settings
         ("device", "gpu0"),  # was a failure of every job
         ("log_level", "loud"),
         ("max_upload_bytes", "10 gallons"),
+        ("max_image_pixels", "200000000"),  # Pillow refused such images, quoting this limit
     ],
 )
 def test_a_bad_setting_is_refused_at_start(

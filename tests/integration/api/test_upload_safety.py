@@ -62,6 +62,14 @@ CASES = [
         max_extracted_bytes=2**20,
     ),
     _case("100k_members", lambda: crafted.many_members(100_001), REFUSED, "archive_too_large"),
+    # Its 422 could not be written as JSON (a lone surrogate), so it was a 500.
+    _case(
+        "latin1_tar_name",
+        crafted.latin1_name_tar,
+        REFUSED,
+        "archive_unsafe",
+        ["digit_0/caf\\xe9.png"],
+    ),
     _case(
         "oversized_upload",
         lambda: crafted.with_extra({}),
@@ -187,3 +195,17 @@ def test_upload(  # type: ignore[no-untyped-def]
     assert not _files(custom.work_dir / "uploads"), "refused upload left staging files"
     assert _files(tmp_path) - _files(custom.data_dir) == outside_before
     assert not os.path.exists("/tmp/evil-abs.png")
+
+
+def test_an_upload_to_a_trailing_slash_is_redirected_not_refused_as_too_large(
+    settings: Settings, db_session: Session
+) -> None:
+    """Its body was held to the JSON routes' 1 MiB: a 413 about a size that was not the cause."""
+    app = create_app(settings)
+    app.dependency_overrides[get_session] = lambda: db_session
+    body = crafted.with_extra({"digit_0/padding.txt": os.urandom(2 * 2**20)})
+    with TestClient(app) as client:
+        response = client.post(
+            "/v1/datasets/", files={"file": ("upload.zip", body)}, follow_redirects=False
+        )
+    assert response.status_code == 307 and response.headers["location"].endswith("/v1/datasets")

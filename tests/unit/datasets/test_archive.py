@@ -1,9 +1,12 @@
 """Unit tests for app.datasets.archive: layouts, junk, unsafe members, bombs and bad images."""
 
 import hashlib
+import io
 import json
 import random
+import struct
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -299,3 +302,107 @@ def test_refuses_a_non_empty_dest(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         run(tmp_path, zip_of({"cats/a.png": PNG, "dogs/b.png": PNG}))
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def _bytes_of(build: Build, tmp_path: Path) -> bytes:
+    path = tmp_path / "built"
+    build(path)
+    return path.read_bytes()
+
+
+def _bad_utf8_flagged_zip(path: Path) -> None:
+    """A zip that flags its names UTF-8 (bit 11) over a name that is not (a Latin-1 tool)."""
+    zip_of({"cats/a.png": PNG, "dogs/caf\u00e9.png": PNG})(path)
+    path.write_bytes(path.read_bytes().replace("é".encode(), b"\xe9\xe9"))
+
+
+def _corrupt_xz(path: Path) -> None:
+    tar_of({"cats/a.png": PNG, "dogs/b.png": PNG}, mode="w:xz")(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+
+# The first two were 500s: an exception type the archive readers raise on damaged bytes that
+# was not caught, or one raised by a format probe outside the error wrapper.
+DAMAGED = [
+    pytest.param(
+        raw(b"PK\x06\x07" + struct.pack("<LQL", 0, 0, 2) + b"PK\x05\x06" + bytes(18)),
+        id="last-part-of-a-spanned-zip",
+    ),
+    pytest.param(_bad_utf8_flagged_zip, id="zip-names-flagged-utf8-that-are-not"),
+    pytest.param(_corrupt_xz, id="corrupt-tar-xz"),
+]
+
+
+@pytest.mark.parametrize("build", DAMAGED)
+def test_damaged_archives_are_refused_as_invalid(tmp_path: Path, build: Build) -> None:
+    with pytest.raises(Invalid) as caught:
+        run(tmp_path, build)
+    assert caught.value.code == "archive_invalid" and caught.value.status == 422
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gzip_cut_short_is_refused_as_invalid(tmp_path: Path) -> None:
+    whole = _bytes_of(tar_of({"cats/a.png": PNG, "dogs/b.png": PNG}), tmp_path)
+    with pytest.raises(Invalid) as caught:
+        run(tmp_path, raw(whole[:30]))
+    assert caught.value.code == "archive_invalid"
+
+
+def _tar_named(name: str) -> Build:
+    def build(path: Path) -> None:
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+            for member in ("cats/a.png", "dogs/b.png", name):
+                info = tarfile.TarInfo(member)
+                info.size = len(PNG)
+                tf.addfile(info, io.BytesIO(PNG))
+
+    return build
+
+
+def test_a_member_name_that_is_not_utf8_is_named_in_a_refusal_json_can_carry(
+    tmp_path: Path,
+) -> None:
+    """tarfile keeps a Latin-1 byte as a lone surrogate, which no JSON encoder writes: the
+    422 itself failed, as a 500."""
+    with pytest.raises(Invalid) as caught:
+        run(tmp_path, _tar_named("cats/caf\udce9.png"))
+    assert caught.value.code == "archive_unsafe"
+    assert [e["field"] for e in caught.value.errors] == ["cats/caf\\xe9.png"]
+    json.dumps(caught.value.errors, ensure_ascii=False).encode()  # what the response does
+
+
+def test_a_control_character_in_a_member_name_is_unsafe(tmp_path: Path) -> None:
+    """A pax name keeps a NUL, which Postgres refuses in the warnings' JSONB (a 500)."""
+    name = "cats/" + "a" * 120 + "\x00.png"  # over 100 characters: the name goes in pax
+    with pytest.raises(Invalid) as caught:
+        run(tmp_path, _tar_named(name))
+    assert caught.value.code == "archive_unsafe"
+    assert caught.value.errors[0]["message"] == "control character in member name"
+
+
+@pytest.mark.parametrize(
+    ("names", "limits"),
+    [
+        pytest.param([f"c{i % 2}/{i}.png" for i in range(6)], Limits(max_members=5), id="count"),
+        pytest.param(
+            [f"c{i}/{'n' * 600}.png" for i in range(2)], Limits(max_members=2), id="directory"
+        ),
+    ],
+)
+def test_a_zip_directory_too_large_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str], limits: Limits
+) -> None:
+    """ZipFile reads the whole central directory into objects (~8 GB for 20 million
+    entries) before the entries could be counted: its end record is checked first."""
+    archive = tmp_path / "upload.bin"
+    zip_of(dict.fromkeys(names, PNG))(archive)
+
+    def unread(*_: object, **__: object) -> None:
+        raise AssertionError("the directory was read")
+
+    monkeypatch.setattr(zipfile, "ZipFile", unread)
+    with pytest.raises(Invalid) as caught:
+        run(tmp_path, raw(archive.read_bytes()), limits)
+    assert caught.value.code == "archive_too_large"
