@@ -21,6 +21,7 @@ from app.core.ids import new_id
 from app.core.models import (
     TERMINAL_STATUSES,
     Checkpoint,
+    Dataset,
     Job,
     JobEvent,
     JobStatus,
@@ -158,6 +159,13 @@ def queue_info(session: Session, settings: Settings, jobs: list[Job]) -> dict[st
 def retry(session: Session, settings: Settings, tenant: str, job_id: str) -> Job:
     """Queue a failed job again; it resumes from its last checkpoint with a fresh attempt budget."""
     job = get(session, tenant, job_id)
+    if job.dataset_id is not None:
+        # Hold the dataset as a new job's foreign key does (a key-share lock): a delete racing
+        # this retry waits for it and then finds the job queued (409). Without it, both
+        # succeeded and the queued job later failed on a missing dataset.
+        session.execute(
+            select(Dataset.id).where(Dataset.id == job.dataset_id).with_for_update(key_share=True)
+        )
     done = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.failed, Job.dataset_id.is_not(None))

@@ -121,3 +121,29 @@ def test_a_delete_that_lost_to_another_delete_is_a_404(settings: Settings) -> No
         ),
     )
     assert isinstance(error, NotFound) and error.code == "dataset_not_found", error
+
+
+def test_a_delete_waits_for_a_retry_of_a_job_on_it_and_then_refuses(settings: Settings) -> None:
+    """A retry only updates the job row, which took no lock the delete's check waits for:
+    both succeeded, and the queued job failed later on its missing dataset."""
+    dataset_id, storage = _dataset(settings), get_storage(settings)
+    with get_sessionmaker(settings.database_url)() as session:
+        job_id = make_job_row(session, dataset_id=dataset_id, status=JobStatus.failed).id
+        session.commit()
+
+    def retry_uncommitted(session: Session) -> None:
+        commit, session.commit = session.commit, session.flush  # type: ignore[method-assign]
+        try:
+            jobs.retry(session, settings, LOCAL_TENANT, job_id)
+        finally:
+            session.commit = commit  # type: ignore[method-assign]
+
+    outcome = _race(
+        settings.database_url,
+        retry_uncommitted,
+        lambda session: datasets.delete(session, settings, storage, LOCAL_TENANT, dataset_id),
+    )
+    assert isinstance(outcome.get("error"), Conflict), outcome
+    with get_sessionmaker(settings.database_url)() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and (job.status, job.dataset_id) == (JobStatus.queued, dataset_id)
