@@ -50,6 +50,33 @@ _READ_ERRORS = (
 )
 # A central directory entry takes 46 bytes plus its name; names average far below this.
 _DIRECTORY_BYTES_PER_MEMBER = 256
+# A tar header extension holds a long name or pax records: a path is at most a few KiB.
+_MAX_HEADER_EXTENSION = 1 << 20
+_EXTENSIONS = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses an oversized extension before tarfile reads it.
+
+    tarfile reads a GNU long name or a pax header's records whole into memory, before any
+    limit of ours can look at the member: one claiming 8 GiB, zeros that gzip to 8 MB,
+    would take 8 GiB of the API's memory.
+    """
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENSIONS and self.size > _MAX_HEADER_EXTENSION:
+            raise Invalid(
+                f"The archive has a header extension of {self.size} bytes; at most "
+                f"{_MAX_HEADER_EXTENSION} are read.",
+                code="archive_unsafe",
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -120,9 +147,18 @@ def _kind(archive: Path) -> str | None:
     with archive.open("rb") as fh:
         zip_magic = fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
     # A tar whose last member is a zip also passes is_zipfile, so the zip magic decides first.
-    if zipfile.is_zipfile(archive) and (zip_magic or not tarfile.is_tarfile(archive)):
+    if zipfile.is_zipfile(archive) and (zip_magic or not _is_tar(archive)):
         return "zip"
-    return "tar" if tarfile.is_tarfile(archive) else None
+    return "tar" if _is_tar(archive) else None
+
+
+def _is_tar(archive: Path) -> bool:
+    """tarfile.is_tarfile, reading the first header as _open_archive will."""
+    try:
+        tarfile.open(archive, "r:*", tarinfo=_BoundedTarInfo).close()
+    except tarfile.TarError:
+        return False
+    return True
 
 
 def _check_zip_directory(archive: Path, limits: Limits) -> None:
@@ -157,7 +193,7 @@ def _open_archive(archive: Path, limits: Limits) -> Iterator[tuple[list[Member],
             yield members, lambda m: zf.open(m.ref)
     elif kind == "tar":
         with _reading():
-            tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed by the `with tf` below
+            tf = tarfile.open(archive, "r:*", tarinfo=_BoundedTarInfo)  # noqa: SIM115 - closed by the `with tf` below
         with tf:
             with _reading():
                 members = _tar_members(tf, limits, archive.stat().st_size)
@@ -177,8 +213,8 @@ def _name_problem(name: str) -> str | None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "member name is not valid UTF-8"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):  # a NUL is refused by Postgres' JSONB
-        return "control character in member name"
+    if "\x00" in name:  # only a pax name keeps one; Postgres refuses it in text and JSONB
+        return "NUL character in member name"
     return None
 
 

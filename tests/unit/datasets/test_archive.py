@@ -373,13 +373,13 @@ def test_a_member_name_that_is_not_utf8_is_named_in_a_refusal_json_can_carry(
     json.dumps(caught.value.errors, ensure_ascii=False).encode()  # what the response does
 
 
-def test_a_control_character_in_a_member_name_is_unsafe(tmp_path: Path) -> None:
+def test_a_nul_in_a_member_name_is_unsafe(tmp_path: Path) -> None:
     """A pax name keeps a NUL, which Postgres refuses in the warnings' JSONB (a 500)."""
     name = "cats/" + "a" * 120 + "\x00.png"  # over 100 characters: the name goes in pax
     with pytest.raises(Invalid) as caught:
         run(tmp_path, _tar_named(name))
     assert caught.value.code == "archive_unsafe"
-    assert caught.value.errors[0]["message"] == "control character in member name"
+    assert caught.value.errors[0]["message"] == "NUL character in member name"
 
 
 @pytest.mark.parametrize(
@@ -406,3 +406,25 @@ def test_a_zip_directory_too_large_is_refused_before_it_is_read(
     with pytest.raises(Invalid) as caught:
         run(tmp_path, raw(archive.read_bytes()), limits)
     assert caught.value.code == "archive_too_large"
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
+def test_an_oversized_tar_header_extension_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: int
+) -> None:
+    """tarfile reads a long name or pax records whole into memory: 8 GiB claimed by 8 MB of
+    gzipped zeros would have been read, before any limit looked at the member."""
+    archive = tmp_path / "upload.bin"
+    with tarfile.open(archive, "w:gz", format=fmt) as tf:
+        info = tarfile.TarInfo("cats/" + "n" * (2 << 20) + ".png")  # a 2 MiB name
+        info.size = len(PNG)
+        tf.addfile(info, io.BytesIO(PNG))
+
+    def unread(*_: object) -> None:
+        raise AssertionError("the extension was read")
+
+    for reader in ("_proc_gnulong", "_proc_pax"):
+        monkeypatch.setattr(tarfile.TarInfo, reader, unread)
+    with pytest.raises(Invalid) as caught:
+        run(tmp_path, raw(archive.read_bytes()))
+    assert caught.value.code == "archive_unsafe" and "header extension" in caught.value.detail
