@@ -101,11 +101,26 @@ def create(
             session.commit()
         except BaseException:
             session.rollback()
-            discard(storage, key)
+            if not _committed(session, dataset_id):
+                discard(storage, key)
             raise
         return row
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _committed(session: Session, dataset_id: str) -> bool:
+    """Whether the dataset's row is in the database after a commit that raised: one whose
+    answer was lost may have landed, and deleting its files would leave a row whose every
+    job fails. When the database cannot say, the files stay: the orphan sweep frees them
+    if no row names them (sweep_orphans)."""
+    try:
+        return session.get(Dataset, dataset_id, populate_existing=True) is not None
+    except Exception:
+        log.warning("could not tell whether dataset %s was recorded", dataset_id, exc_info=True)
+        return True
+    finally:
+        session.rollback()
 
 
 def _store(storage: Storage, images: Path, key: str) -> None:
