@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         le=178_956_970,
         description="Per image (decompression bombs); at most 178956970, Pillow's own limit.",
     )
+    max_image_bytes: ByteSize = Field(
+        ByteSize(256 * 2**20),
+        ge=1,
+        description="Per image file: Pillow reads some chunks whole (a PNG's private ones).",
+    )
     rate_limit_uploads: str = Field("20/minute", description="Per tenant (`limits` notation).")
     rate_limit_jobs: str = Field("120/minute", description="Per tenant (`limits` notation).")
     max_running_jobs_per_tenant: int = Field(2, ge=1, description="Others wait queued.")

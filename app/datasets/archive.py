@@ -87,6 +87,9 @@ class Limits:
     # 40 MP covers every camera photo up to ~7300x5500 yet keeps one decoded RGB image
     # (3 bytes a pixel) near 120 MB, so a few concurrent uploads cannot exhaust memory.
     max_image_pixels: int = 40_000_000
+    # Pillow reads some chunks whole into memory before any pixel check (a PNG's private
+    # chunks, up to 4 GiB each): the file's size bounds what one image can take.
+    max_image_bytes: int = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,11 @@ def _extract(members: list[Member], opener: Opener, dest: Path, limits: Limits) 
     entries, samples, bad = [], [], []
     for index, (folder, m) in enumerate(placed):
         file = f"images/{index:06d}{image_extension(m.path)}"
+        if m.size > limits.max_image_bytes:  # not extracted: _copy holds members to their size
+            bad.append(
+                (m.path, f"file of {m.size} bytes, more than the {limits.max_image_bytes} allowed")
+            )
+            continue
         digest = hashlib.sha256()
         with _reading():
             src = opener(m)

@@ -44,6 +44,7 @@ def archive_limits(settings: Settings) -> Limits:
         max_total_bytes=settings.max_extracted_bytes,
         max_ratio=settings.max_compression_ratio,
         max_image_pixels=settings.max_image_pixels,
+        max_image_bytes=settings.max_image_bytes,
     )
 
 

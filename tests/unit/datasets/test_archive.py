@@ -272,6 +272,13 @@ ERROR_CASES = [
         {"cats/a.png", "dogs/b.png"},
         id="too-many-pixels",
     ),
+    pytest.param(
+        zip_of({"cats/a.png": PNG, "dogs/b.png": PNG}),
+        Limits(max_image_bytes=100),
+        "image_invalid",
+        {"cats/a.png", "dogs/b.png"},
+        id="too-many-bytes-in-one-image",
+    ),
 ]
 
 
