@@ -44,14 +44,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     FINETUNE_DATA_DIR=/data \
     FINETUNE_STORAGE_URL=/data/artifacts \
-    TORCH_HOME=/data/torch
+    TORCH_HOME=/data/torch \
+    TMPDIR=/data/work/tmp
 
 # The data folders are made here, owned by the service user, because a named volume mounted
-# on them starts as a copy of the image's folder, ownership included.
+# on them starts as a copy of the image's folder, ownership included. TMPDIR is on the work
+# volume: an upload's body spools there while it streams in (up to FINETUNE_MAX_UPLOAD_BYTES),
+# not in the container's writable layer; where the folder is missing, Python uses /tmp.
 RUN groupadd --system --gid 10001 finetune \
  && useradd --system --uid 10001 --gid finetune --create-home --home-dir /home/finetune \
         --shell /usr/sbin/nologin finetune \
- && mkdir -p /data/artifacts /data/torch/hub/checkpoints /data/work \
+ && mkdir -p /data/artifacts /data/torch/hub/checkpoints /data/work /data/work/tmp \
  && chown -R finetune:finetune /data
 
 COPY --from=builder /opt/venv /opt/venv

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from app.api import health, openapi, problems
+from app.api.early import EarlyUploadRefusal
 from app.api.head import HeadAsGet
 from app.api.limits import BodySizeLimit
 from app.api.metrics import Metrics, MetricsMiddleware
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     app.add_middleware(HeadAsGet)  # innermost: the request metrics still say HEAD
     app.add_middleware(BodySizeLimit, settings=lambda: app.state.settings)
+    app.add_middleware(EarlyUploadRefusal)  # a 401 or 429 before an upload's body is read
     app.add_middleware(problems.CatchUnhandled)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)

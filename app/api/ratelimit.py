@@ -33,11 +33,14 @@ def create_limiter(settings: Settings) -> MovingWindowRateLimiter:
     return MovingWindowRateLimiter(storage)
 
 
-def check(limiter: MovingWindowRateLimiter, tenant: str, action: str, rule: str) -> None:
-    """Count one `action` for `tenant`; 429 with Retry-After when over `rule`."""
+def check(
+    limiter: MovingWindowRateLimiter, tenant: str, action: str, rule: str, count: bool = True
+) -> None:
+    """Count one `action` for `tenant`; 429 with Retry-After when over `rule`. Without
+    `count`, only whether one more would be allowed."""
     item = parse(rule)
     try:
-        allowed = limiter.hit(item, action, tenant)
+        allowed = (limiter.hit if count else limiter.test)(item, action, tenant)
     except Exception:  # counters unreachable (Redis down): fail open, the job row is what matters
         log.warning("rate-limit storage unavailable; %s not counted", action, exc_info=True)
         return

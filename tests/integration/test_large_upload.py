@@ -64,3 +64,51 @@ def test_a_large_upload_moves_the_api_memory_by_images_not_by_the_archive(
     assert response.json()["num_images"] == 2 * PER_CLASS
     grew_mib = (peak - resident) / 1024
     assert grew_mib < BOUND_MIB, f"a {size_mib:.0f} MB upload raised peak RSS by {grew_mib:.0f} MB"
+
+
+def _refusal_before_the_body(port: int, headers: str) -> bytes:
+    """The answer to an upload that declares 1 GiB and sends none of it (b"" if none comes)."""
+    import socket
+
+    head = (
+        "POST /v1/datasets HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {2**30}\r\n{headers}\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        try:
+            return sock.recv(4096)
+        except TimeoutError:  # the server waits for the body it will read whole
+            return b""
+
+
+def test_an_upload_is_refused_before_its_body_without_a_key_or_over_the_rate(
+    tmp_path: Path, pg_url: str, redis_url: str
+) -> None:
+    """FastAPI reads a form whole before the route's dependencies check the key and the rate:
+    a client without a key could make the API receive and spool 10 GiB per connection."""
+
+    from app.core.db import get_sessionmaker
+    from app.core.keys import create_key
+
+    with get_sessionmaker(pg_url)() as session:
+        key, _ = create_key(session, f"early-{tmp_path.name}")
+        session.commit()
+    small = write_zip(tmp_path / "small.zip", digit_members(range(2), per_class=6, size=16)[0])
+    env = service_env(
+        data_dir=str(tmp_path / "var"),
+        database_url=pg_url,
+        broker_url=redis_url,
+        auth_required="true",
+        rate_limit_uploads="1/minute",
+    )
+    port = free_port()
+    with running(["api", "--port", str(port)], env, tmp_path / "api.log") as api:
+        wait_http(f"http://127.0.0.1:{port}/readyz", api, tmp_path / "api.log")
+        assert b" 401 " in _refusal_before_the_body(port, "")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            client.headers["Authorization"] = f"Bearer {key}"
+            assert upload(client, small).status_code == 201  # the tenant's one a minute
+        refused = _refusal_before_the_body(port, f"Authorization: Bearer {key}\r\n")
+    assert b" 429 " in refused and b"retry-after" in refused.lower()

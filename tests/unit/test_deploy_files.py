@@ -201,6 +201,9 @@ def test_every_container_bounds_the_host_cache_they_share(
     assert WORK_VOLUME in compose["volumes"]
     made = " ".join(args for keyword, args in dockerfile if keyword == "RUN")
     assert re.search(rf"mkdir -p [^&]*{work}( |\\)", made), "a volume copies its folder's owner"
+    # Uploads spool to TMPDIR while they stream in: on the work volume, not the writable layer.
+    env = " ".join(args for keyword, args in dockerfile if keyword == "ENV")
+    assert f"TMPDIR={work}/tmp" in env and re.search(rf"mkdir -p [^&]*{work}/tmp( |\\)", made)
 
 
 def test_backing_services_have_healthchecks_and_durable_data(services: dict[str, Any]) -> None:

@@ -1,0 +1,65 @@
+"""An upload refused before its body is read: no key where keys are required (401), or a
+tenant over its upload rate (429).
+
+FastAPI reads a multipart body whole, spooling its files to disk, before it runs the
+route's dependencies, where the key and the rate limit are checked: a client without a
+key could make the API receive and spool 10 GiB per connection. This middleware asks the
+same questions first, from the headers alone, and refuses only what the route surely
+would. A key it does not find (the database away, or a key the route's own session sees
+and this one does not yet) goes through to the route, which decides, and counts, for
+every request let through.
+"""
+
+import logging
+
+from fastapi.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.problems import app_error_response
+from app.api.ratelimit import check
+from app.core.db import get_sessionmaker
+from app.core.errors import AppError, Unauthorized
+from app.core.keys import tenant_for_key
+from app.core.models import LOCAL_TENANT
+
+log = logging.getLogger(__name__)
+
+
+class EarlyUploadRefusal:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].rstrip("/") == "/v1/datasets"
+        ):
+            request = Request(scope)
+            try:
+                await run_in_threadpool(_admit, request)
+            except AppError as exc:
+                await app_error_response(request, exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _admit(request: Request) -> None:
+    """Raise the 401 or 429 the route would give this request, if it is sure to."""
+    state = request.app.state
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():  # as the route's HTTPBearer reads it
+        if state.settings.auth_required:
+            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+        tenant: str | None = LOCAL_TENANT
+    else:
+        try:
+            with get_sessionmaker(state.settings.database_url)() as session:
+                tenant = tenant_for_key(session, key.strip())
+        except Exception:  # the database is away: the route answers for itself
+            log.debug("key not checked before the upload's body", exc_info=True)
+            return
+        if tenant is None:
+            return
+    check(state.rate_limiter, tenant, "uploads", state.settings.rate_limit_uploads, count=False)
