@@ -4,6 +4,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,15 +158,7 @@ def test_requests_for_a_model_still_loading_wait_without_holding_the_thread_pool
         return load(*args, **kwargs)
 
     monkeypatch.setattr(inference, "_load", slow_load)
-    tuned = Settings(  # committed rows, sessions of its own: the requests run at once
-        data_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path}/db.sqlite"
-    )
-    upgrade(tuned.database_url)
-    with get_sessionmaker(tuned.database_url)() as session:
-        dataset = make_dataset_row(session)
-        row = make_model(session, get_storage(tuned), {"id": dataset.id, "classes": ["a", "b"]})
-    _, held = digit_members(range(1), per_class=0, holdout=1, size=24)
-    files = [("files", ("0.png", held[0][0], "image/png"))]
+    tuned, row, files = _served_model(tmp_path)
     url = f"/v1/models/{row.id}/predict"
     sent = 50  # above the pool's 40 threads
     with TestClient(create_app(tuned)) as client, ThreadPoolExecutor(sent + 1) as pool:
@@ -204,6 +197,21 @@ def test_backbones_lists_torchvision_models_and_file_presence(client: TestClient
     assert torch.hub.get_dir() in resnet18["weights"][0]["file"]
 
 
+def _served_model(tmp_path: Path, **settings: Any) -> tuple[Settings, Model, list]:
+    """Settings of an app on its own SQLite database, with a committed model in it, and a
+    predict request's files: the rows are committed and each request has its own session,
+    so concurrent requests run at once (the `client` fixture shares one rolled-back one)."""
+    tuned = Settings(
+        data_dir=tmp_path / "var", database_url=f"sqlite:///{tmp_path}/db.sqlite", **settings
+    )
+    upgrade(tuned.database_url)
+    with get_sessionmaker(tuned.database_url)() as session:
+        dataset = make_dataset_row(session)
+        row = make_model(session, get_storage(tuned), {"id": dataset.id, "classes": ["a", "b"]})
+    _, held = digit_members(range(1), per_class=0, holdout=1, size=24)
+    return tuned, row, [("files", ("0.png", held[0][0], "image/png"))]
+
+
 def test_waiting_predictions_fill_their_queue_not_the_thread_pool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,19 +226,9 @@ def test_waiting_predictions_fill_their_queue_not_the_thread_pool(
 
     monkeypatch.setattr(LoadedModel, "probabilities", gated)
     queued = 45  # above the pool's 40 threads
-    tuned = Settings(  # committed rows, sessions of its own: the requests run at once
-        data_dir=tmp_path / "var",
-        database_url=f"sqlite:///{tmp_path}/db.sqlite",
-        predict_max_batch=1,
-        predict_max_wait_ms=0,
-        predict_queue_size=queued,
+    tuned, row, files = _served_model(
+        tmp_path, predict_max_batch=1, predict_max_wait_ms=0, predict_queue_size=queued
     )
-    upgrade(tuned.database_url)
-    with get_sessionmaker(tuned.database_url)() as session:
-        dataset = make_dataset_row(session)
-        row = make_model(session, get_storage(tuned), {"id": dataset.id, "classes": ["a", "b"]})
-    _, held = digit_members(range(1), per_class=0, holdout=1, size=24)
-    files = [("files", ("0.png", held[0][0], "image/png"))]
     url = f"/v1/models/{row.id}/predict"
     sent = queued + 15
     with (

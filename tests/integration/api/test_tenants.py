@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -88,14 +89,19 @@ def test_another_tenants_ids_answer_404_everywhere(  # type: ignore[no-untyped-d
     assert client.get(f"/v1/jobs/{job['id']}/events", headers=a).json()["data"]
 
 
-def test_job_submissions_are_rate_limited_per_tenant(
-    settings: Settings, db_session: Session, dataset: dict
-) -> None:
+def _two_jobs_a_minute(settings: Settings, db_session: Session) -> FastAPI:
     limited = settings.model_copy(
         update={"rate_limit_jobs": "2/minute", "broker_url": settings.broker_url}
     )
     app = create_app(limited)
     app.dependency_overrides[get_session] = lambda: db_session
+    return app
+
+
+def test_job_submissions_are_rate_limited_per_tenant(
+    settings: Settings, db_session: Session, dataset: dict
+) -> None:
+    app = _two_jobs_a_minute(settings, db_session)
     body = {"dataset_id": dataset["id"], "weights": None}
     with TestClient(app) as client:
         codes = [client.post("/v1/jobs", json=body).status_code for _ in range(3)]
@@ -110,11 +116,7 @@ def test_a_replayed_submission_is_not_counted_by_the_rate_limit(
 ) -> None:
     """A client that never got its answer sends the same Idempotency-Key again: it gets its
     job back, not a 429, however often it retries (replays used to use up the limit)."""
-    limited = settings.model_copy(
-        update={"rate_limit_jobs": "2/minute", "broker_url": settings.broker_url}
-    )
-    app = create_app(limited)
-    app.dependency_overrides[get_session] = lambda: db_session
+    app = _two_jobs_a_minute(settings, db_session)
     body = {"dataset_id": dataset["id"], "weights": None}
     with TestClient(app) as client:
         key = {"Idempotency-Key": "k1"}
