@@ -129,10 +129,17 @@ class ModelCache:
         return entry.result()
 
     async def load(self, model_id: str, fetch: Callable[[], Path], sha256: str) -> LoadedModel:
-        """`get` for a coroutine: the load runs in the thread pool, waiting takes no thread."""
+        """`get` for a coroutine: the load runs in a thread, waiting takes none.
+
+        The load is handed to the loop's executor at once, not awaited: a claimed entry must
+        be filled even when the request that claimed it is cancelled (its client gone)
+        before a thread took the work, or every later request would wait on it forever.
+        """
         entry, mine = self._claim(model_id)
         if mine:
-            await run_in_threadpool(self._fill, model_id, entry, fetch, sha256)
+            asyncio.get_running_loop().run_in_executor(
+                None, self._fill, model_id, entry, fetch, sha256
+            )
         return await asyncio.wrap_future(entry)
 
     def _claim(self, model_id: str) -> tuple[Future[LoadedModel], bool]:

@@ -151,3 +151,18 @@ def test_a_waiter_that_gives_up_leaves_the_shared_load_to_the_others(files: dict
         return first
 
     assert asyncio.run(scenario()).classes == ["x", "y"] and cache.loads == 1
+
+
+def test_a_loader_cancelled_before_its_thread_ran_still_fills_the_entry(files: dict) -> None:
+    """The request that claimed a load went away at once: the entry it claimed used to stay
+    unfilled, and every later request for the model waited on it forever."""
+    cache = ModelCache(1, "cpu", BatchPolicy(enabled=False))
+    path, sha = files["a"]
+
+    async def scenario() -> inference.LoadedModel:
+        loader = asyncio.create_task(cache.load("a", lambda: path, sha))
+        await asyncio.sleep(0)  # it claimed the entry and reached its first suspension
+        loader.cancel()
+        return await asyncio.wait_for(cache.load("a", lambda: path, sha), 10)
+
+    assert asyncio.run(scenario()).classes == ["x", "y"] and cache.loads == 1
