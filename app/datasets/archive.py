@@ -33,10 +33,11 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 # A solid-colour BMP legitimately deflates ~1000:1, so the ratio test ignores small members.
 _RATIO_MIN_BYTES = 1 << 20
 _CHUNK = 1 << 20
-# Hostile or damaged bytes fail inside zipfile, tarfile and their decompressors with many
-# exception types: a spanned zip (BadZipFile from the probe), a gzip cut short (EOFError),
-# a corrupt .xz or LZMA member (LZMAError), a name flagged UTF-8 that is not
-# (UnicodeDecodeError), a malformed sparse map (ValueError, IndexError).
+# Damaged bytes fail inside zipfile, tarfile and their decompressors with these: a spanned
+# zip (BadZipFile from the probe), a gzip cut short (EOFError), a corrupt .xz or LZMA
+# member (LZMAError), a name flagged UTF-8 that is not (UnicodeDecodeError), a chain of
+# hundreds of tar header extensions (RecursionError: tarfile reads each one recursively).
+# Not ValueError at large: one from this module's own code is a bug, not a bad archive.
 _READ_ERRORS = (
     zipfile.BadZipFile,
     tarfile.TarError,
@@ -45,8 +46,8 @@ _READ_ERRORS = (
     lzma.LZMAError,
     OSError,
     NotImplementedError,
-    ValueError,
-    IndexError,
+    UnicodeDecodeError,
+    RecursionError,
 )
 # A central directory entry takes 46 bytes plus its name; names average far below this.
 _DIRECTORY_BYTES_PER_MEMBER = 256
@@ -76,7 +77,24 @@ class _BoundedTarInfo(tarfile.TarInfo):
                 f"{_MAX_HEADER_EXTENSION} are read.",
                 code="archive_unsafe",
             )
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            _sparse()
         return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    # GNU sparse files, in any of their pax forms: their maps are read without bound and
+    # fail with ValueError or IndexError when malformed; no image needs one.
+    def _proc_gnusparse_00(self, *_: object) -> None:
+        _sparse()
+
+    def _proc_gnusparse_01(self, *_: object) -> None:
+        _sparse()
+
+    def _proc_gnusparse_10(self, *_: object) -> None:
+        _sparse()
+
+
+def _sparse() -> None:
+    raise Invalid("Sparse files in a tar are not supported.", code="archive_unsafe")
 
 
 @dataclass(frozen=True)
@@ -150,9 +168,12 @@ def _kind(archive: Path) -> str | None:
     with archive.open("rb") as fh:
         zip_magic = fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
     # A tar whose last member is a zip also passes is_zipfile, so the zip magic decides first.
-    if zipfile.is_zipfile(archive) and (zip_magic or not _is_tar(archive)):
+    if zip_magic and zipfile.is_zipfile(archive):
         return "zip"
-    return "tar" if _is_tar(archive) else None
+    is_tar = _is_tar(archive)
+    if not is_tar and zipfile.is_zipfile(archive):
+        return "zip"
+    return "tar" if is_tar else None
 
 
 def _is_tar(archive: Path) -> bool:

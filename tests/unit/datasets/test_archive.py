@@ -435,3 +435,37 @@ def test_an_oversized_tar_header_extension_is_refused_before_it_is_read(
     with pytest.raises(Invalid) as caught:
         run(tmp_path, raw(archive.read_bytes()))
     assert caught.value.code == "archive_unsafe" and "header extension" in caught.value.detail
+
+
+def _tar_of_headers(path: Path, headers: list[tarfile.TarInfo]) -> None:
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for info in headers:
+            tf.addfile(info, io.BytesIO(PNG) if info.size else None)
+
+
+def test_sparse_members_are_refused(tmp_path: Path) -> None:
+    """Their maps are read without bound, and a malformed one raised ValueError (a 500)."""
+    info = tarfile.TarInfo("cats/a.png")
+    info.size = len(PNG)
+    info.pax_headers = {"GNU.sparse.map": "x", "GNU.sparse.size": str(len(PNG))}
+    with pytest.raises(Invalid) as caught:
+        run(tmp_path, lambda path: _tar_of_headers(path, [info]))
+    assert caught.value.code == "archive_unsafe" and "Sparse" in caught.value.detail
+
+
+def test_a_chain_of_thousands_of_header_extensions_is_invalid_not_a_500(tmp_path: Path) -> None:
+    """tarfile reads each extension header recursively: a long chain of them raised
+    RecursionError, which nothing caught."""
+
+    def build(path: Path) -> None:
+        body = bytearray()
+        for _ in range(3000):  # GNU long-name headers, each naming the next member
+            long_name = tarfile.TarInfo("././@LongLink")
+            long_name.type = tarfile.GNUTYPE_LONGNAME
+            long_name.size = 8
+            body += long_name.tobuf(tarfile.GNU_FORMAT) + b"cats/a\0\0".ljust(512, b"\0")
+        path.write_bytes(bytes(body) + bytes(1024))
+
+    with pytest.raises(Invalid) as caught:
+        run(tmp_path, build)
+    assert caught.value.code == "archive_invalid"
