@@ -100,9 +100,12 @@ def create(
         session.add(row)
         try:
             session.commit()
-        except BaseException:
+        except BaseException as exc:
             session.rollback()
-            if not _committed(session, dataset_id):
+            landed = _committed(session, dataset_id)
+            if landed and isinstance(exc, Exception):  # only the answer was lost: success
+                return session.get(Dataset, dataset_id)  # type: ignore[return-value]
+            if landed is False:
                 discard(storage, key)
             raise
         return row
@@ -110,18 +113,22 @@ def create(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _committed(session: Session, dataset_id: str) -> bool:
-    """Whether the dataset's row is in the database after a commit that raised: one whose
-    answer was lost may have landed, and deleting its files would leave a row whose every
-    job fails. When the database cannot say, the files stay: the orphan sweep frees them
-    if no row names them (sweep_orphans)."""
+def _committed(session: Session, dataset_id: str) -> bool | None:
+    """Whether the dataset's row is in the database after a commit that raised, or None
+    when the database cannot say.
+
+    One whose answer was lost may have landed: then the upload succeeded, and deleting its
+    files would leave a row whose every job fails. When the database cannot say, the files
+    stay: the orphan sweep frees them if no row names them (sweep_orphans).
+    """
     try:
-        return session.get(Dataset, dataset_id, populate_existing=True) is not None
+        found = session.get(Dataset, dataset_id, populate_existing=True) is not None
     except Exception:
         log.warning("could not tell whether dataset %s was recorded", dataset_id, exc_info=True)
-        return True
-    finally:
         session.rollback()
+        return None
+    session.commit()  # end the read; the row, if found, stays loaded
+    return found
 
 
 def _store(storage: Storage, images: Path, key: str) -> None:
