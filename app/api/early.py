@@ -1,13 +1,13 @@
-"""An upload refused before its body is read: no key where keys are required (401), or a
-tenant over its upload rate (429).
+"""An upload refused before its body is read: a missing or unknown key where keys are
+required (401), or a tenant over its upload rate (429).
 
 FastAPI reads a multipart body whole, spooling its files to disk, before it runs the
 route's dependencies, where the key and the rate limit are checked: a client without a
-key could make the API receive and spool 10 GiB per connection. This middleware asks the
-same questions first, from the headers alone, and refuses only what the route surely
-would. A key it does not find (the database away, or a key the route's own session sees
-and this one does not yet) goes through to the route, which decides, and counts, for
-every request let through.
+valid key could make the API receive and spool 10 GiB per connection. This middleware asks
+the same questions first, from the headers alone, with the session a route would get
+(dependency overrides included). It counts nothing: the route still decides, and counts,
+for every request let through. When the database does not answer, it lets the request
+through and the route gives its own 503.
 """
 
 import logging
@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.deps import get_session
 from app.api.problems import app_error_response
 from app.api.ratelimit import check
 from app.core.db import get_sessionmaker
@@ -55,11 +56,18 @@ def _admit(request: Request) -> None:
         tenant: str | None = LOCAL_TENANT
     else:
         try:
-            with get_sessionmaker(state.settings.database_url)() as session:
-                tenant = tenant_for_key(session, key.strip())
+            tenant = _tenant(request, key.strip())
         except Exception:  # the database is away: the route answers for itself
             log.debug("key not checked before the upload's body", exc_info=True)
             return
         if tenant is None:
-            return
+            raise Unauthorized("the API key is not valid")
     check(state.rate_limiter, tenant, "uploads", state.settings.rate_limit_uploads, count=False)
+
+
+def _tenant(request: Request, key: str) -> str | None:
+    override = request.app.dependency_overrides.get(get_session)
+    if override is not None:  # the session the route will get
+        return tenant_for_key(override(), key)
+    with get_sessionmaker(request.app.state.settings.database_url)() as session:
+        return tenant_for_key(session, key)

@@ -107,6 +107,7 @@ def test_an_upload_is_refused_before_its_body_without_a_key_or_over_the_rate(
     with running(["api", "--port", str(port)], env, tmp_path / "api.log") as api:
         wait_http(f"http://127.0.0.1:{port}/readyz", api, tmp_path / "api.log")
         assert b" 401 " in _refusal_before_the_body(port, "")
+        assert b" 401 " in _refusal_before_the_body(port, "Authorization: Bearer ft_made_up\r\n")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             client.headers["Authorization"] = f"Bearer {key}"
             assert upload(client, small).status_code == 201  # the tenant's one a minute
