@@ -7,10 +7,13 @@ torch at start.
 
 import functools
 import logging
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -47,6 +50,19 @@ def _serve(host: str, port: int) -> None:
 def _logging() -> None:
     settings = get_settings()
     configure_logs(settings.log_format, settings.log_level)
+    _temp_folder()
+
+
+def _temp_folder() -> None:
+    """Make TMPDIR if it is set and missing. The image points it at the work volume, where
+    uploads spool as they stream in; a volume made by an older image lacks the folder, and
+    Python would then fall back to /tmp, in the container's writable layer, silently."""
+    if folder := os.environ.get("TMPDIR"):
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            logging.getLogger(__name__).warning("TMPDIR %s cannot be made", folder, exc_info=True)
+        tempfile.tempdir = None  # chosen again on first use
 
 
 @app.command()

@@ -46,3 +46,17 @@ def test_a_child_gets_sigterm_when_its_parent_is_killed() -> None:
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_missing_tmpdir_is_made_before_anything_spools(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The image's TMPDIR is on the work volume, which an older image made without it:
+    Python fell back to /tmp, in the container's writable layer, without a word."""
+    import tempfile
+
+    from app import cli
+
+    folder = tmp_path / "work" / "tmp"
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    cli._temp_folder()
+    assert folder.is_dir() and tempfile.gettempdir() == str(folder)

@@ -54,12 +54,20 @@ def use_gpu_slot(slot: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto`: this process's GPU (use_gpu_slot) when CUDA is present, else the CPU."""
+    """`auto`: this process's GPU (use_gpu_slot) when CUDA is present, else the CPU.
+
+    A GPU with an index is also made current, before anything is placed on it: cuDNN
+    handles, memory statistics and kernels that take the current device then use it.
+    """
     if name != "auto":
-        return torch.device(name)
-    if not torch.cuda.is_available():
+        device = torch.device(name)
+    elif not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", _gpu_slot % torch.cuda.device_count())
+    else:
+        device = torch.device("cuda", _gpu_slot % torch.cuda.device_count())
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return device
 
 
 def build_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -267,8 +275,6 @@ def build_trainer(spec: TrainSpec, steps_per_epoch: int, micro_batch: int | None
     device = resolve_device(spec.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        if device.index is not None:  # what cuDNN, kernels and memory stats take as current
-            torch.cuda.set_device(device)
     model, freezing = build_model(spec)
     model = place_model(model, device)
     amp = resolve_amp(spec.mixed_precision, device, spec.image_size)

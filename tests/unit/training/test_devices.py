@@ -18,18 +18,23 @@ def _slot_restored() -> object:
     use_gpu_slot(0)
 
 
-def _gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+def _gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> list[torch.device]:
+    """Fake `count` GPUs; the list collects the devices made current."""
+    current: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    return current
 
 
 def test_auto_spreads_pool_children_over_the_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    _gpus(monkeypatch, 4)
+    current = _gpus(monkeypatch, 4)
     seen = []
     for slot in range(6):
         use_gpu_slot(slot)
         seen.append(resolve_device("auto"))
     assert seen == [torch.device("cuda", i) for i in (0, 1, 2, 3, 0, 1)]
+    assert current == seen  # made current before any data is placed on it
 
 
 def test_auto_without_a_gpu_is_the_cpu_and_a_named_device_is_kept(
