@@ -55,8 +55,9 @@ def _check_range(request: Request, etag: str, size: int) -> None:
     """Refuse a `Range` FileResponse would refuse, as problem+json: it answers a malformed
     one (400) and one beyond the end (416) in text/plain, outside the app's error handlers.
 
-    Parsed by FileResponse's own parser, so the two never disagree on what is valid. An
-    `If-Range` naming another version makes the Range moot: the whole file is sent.
+    Parsed by FileResponse's own parser, so the two agree on what is valid. An `If-Range`
+    naming another version makes the Range moot: the whole file is sent. (An `If-Range`
+    date is left to FileResponse, which compares it with the file's mtime.)
     """
     wanted = request.headers.get("range")
     if wanted is None or request.headers.get("if-range", etag) != etag:
@@ -64,7 +65,8 @@ def _check_range(request: Request, etag: str, size: int) -> None:
     try:
         FileResponse._parse_range_header(wanted, size)
     except MalformedRangeHeader as exc:
-        raise AppError(f"Range header: {exc.content}", code="range_invalid") from None
+        reason = exc.content.removeprefix("Range header: ")  # some of Starlette's say so
+        raise AppError(f"Range header: {reason}", code="range_invalid") from None
     except RangeBeyondEnd:
         raise RangeNotSatisfiable(
             f"Range {wanted!r} is beyond the file's {size} bytes", size=size

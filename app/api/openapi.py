@@ -87,6 +87,7 @@ def _header(description: str, example: str | None = None) -> dict[str, Any]:
 REQUEST_ID = _header("The request's id, as in the server's log lines", "3f2b7c1d9e8a4b6c")
 RETRY_AFTER = _header("Seconds to wait before trying again", "5")
 ETAG = _header("The file's sha256, quoted (strong ETag)")
+CONTENT_RANGE = _header("The bytes sent, or the file's size on a 416", "bytes */44786837")
 # Example ids in the documents, by path parameter.
 IDS = {
     "dataset_id": "ds_0192f3a1b2c3d4e5f6a7b8",
@@ -190,8 +191,10 @@ def _headers(path: str, method: str, status: str, response: dict[str, Any]) -> N
     if method == "post" and status in {"201", "202"} and path in {"/v1/datasets", "/v1/jobs"}:
         kind = path.removeprefix("/v1/").removesuffix("s")
         headers["Location"] = _header("The new resource", f"{path}/{IDS[f'{kind}_id']}")
-    if status == "200" and path.endswith("/content"):
+    if status in {"200", "206", "304"} and path.endswith("/content"):
         headers["ETag"] = ETAG
+    if status in {"206", "416"} and path.endswith("/content"):
+        headers["Content-Range"] = CONTENT_RANGE
 
 
 def complete(app: FastAPI) -> dict[str, Any]:

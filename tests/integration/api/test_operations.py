@@ -168,6 +168,8 @@ def test_openapi_documents_every_route_with_problems(client: TestClient) -> None
         assert {"200", "206", "304", "400", "416"} <= set(responses), path
         assert example(path, "get", "400")["code"] == "range_invalid"
         assert example(path, "get", "416")["code"] == "range_not_satisfiable"
+        assert "Content-Range" in responses["416"]["headers"]
+        assert {"ETag", "Content-Range"} <= set(responses["206"]["headers"])
     assert example("/v1/models/{model_id}/content", "get", "500")["code"] == "export_failed"
     for path in ("/v1/datasets", "/v1/models/{model_id}/predict"):  # multipart bodies
         assert "400" in paths[path]["post"]["responses"], path
