@@ -13,6 +13,7 @@ through and the route gives its own 503.
 import logging
 
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -49,14 +50,16 @@ class EarlyUploadRefusal:
 def _admit(request: Request) -> None:
     """Raise the 401 or 429 the route would give this request, if it is sure to."""
     state = request.app.state
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():  # as the route's HTTPBearer reads it
+    # Read as the route's HTTPBearer(auto_error=False) reads it: no credentials unless both
+    # parts are there and the scheme is Bearer.
+    scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
+    if not (scheme and key) or scheme.lower() != "bearer":
         if state.settings.auth_required:
             raise Unauthorized("an API key is required: Authorization: Bearer <key>")
         tenant: str | None = LOCAL_TENANT
     else:
         try:
-            tenant = _tenant(request, key.strip())
+            tenant = _tenant(request, key)
         except Exception:  # the database is away: the route answers for itself
             log.debug("key not checked before the upload's body", exc_info=True)
             return
