@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from app.core.errors import Invalid
+from app.datasets import probe
 from app.datasets.images import (
     SPLITS,
     ImageProblem,
@@ -49,52 +50,6 @@ _READ_ERRORS = (
     UnicodeDecodeError,
     RecursionError,
 )
-# A central directory entry takes 46 bytes plus its name; names average far below this.
-_DIRECTORY_BYTES_PER_MEMBER = 256
-# A tar header extension holds a long name or pax records: a path is at most a few KiB.
-_MAX_HEADER_EXTENSION = 1 << 20
-_EXTENSIONS = (
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-)
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """A tar header that refuses an oversized extension before tarfile reads it.
-
-    tarfile reads a GNU long name or a pax header's records whole into memory, before any
-    limit of ours can look at the member: one claiming 8 GiB, zeros that gzip to 8 MB,
-    would take 8 GiB of the API's memory.
-    """
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _EXTENSIONS and self.size > _MAX_HEADER_EXTENSION:
-            raise Invalid(
-                f"The archive has a header extension of {self.size} bytes; at most "
-                f"{_MAX_HEADER_EXTENSION} are read.",
-                code="archive_unsafe",
-            )
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            _sparse()
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
-
-    # GNU sparse files, in any of their pax forms: their maps are read without bound and
-    # fail with ValueError or IndexError when malformed; no image needs one.
-    def _proc_gnusparse_00(self, *_: object) -> None:
-        _sparse()
-
-    def _proc_gnusparse_01(self, *_: object) -> None:
-        _sparse()
-
-    def _proc_gnusparse_10(self, *_: object) -> None:
-        _sparse()
-
-
-def _sparse() -> None:
-    raise Invalid("Sparse files in a tar are not supported.", code="archive_unsafe")
 
 
 @dataclass(frozen=True)
@@ -163,53 +118,13 @@ def _reading() -> Iterator[None]:
         raise Invalid(f"The archive is corrupt: {exc}", code="archive_invalid") from exc
 
 
-def _kind(archive: Path) -> str | None:
-    """`zip`, `tar` (plain or compressed) or None."""
-    with archive.open("rb") as fh:
-        zip_magic = fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
-    # A tar whose last member is a zip also passes is_zipfile, so the zip magic decides first.
-    if zip_magic and zipfile.is_zipfile(archive):
-        return "zip"
-    is_tar = _is_tar(archive)
-    if not is_tar and zipfile.is_zipfile(archive):
-        return "zip"
-    return "tar" if is_tar else None
-
-
-def _is_tar(archive: Path) -> bool:
-    """tarfile.is_tarfile, reading the first header as _open_archive will."""
-    try:
-        tarfile.open(archive, "r:*", tarinfo=_BoundedTarInfo).close()
-    except tarfile.TarError:
-        return False
-    return True
-
-
-def _check_zip_directory(archive: Path, limits: Limits) -> None:
-    """Refuse a zip whose central directory is too large before ZipFile reads it: ZipFile
-    holds the whole directory and builds an object per entry (~400 bytes each), so a 1 GB
-    directory of 20 million entries would take ~8 GB of the API's memory before the count
-    of entries could be checked."""
-    with archive.open("rb") as fh:
-        end = zipfile._EndRecData(fh)  # the end record ZipFile itself reads first
-    if end is None:
-        return  # ZipFile will say what is wrong
-    _check_count(end[zipfile._ECD_ENTRIES_TOTAL], limits)
-    if end[zipfile._ECD_SIZE] > _DIRECTORY_BYTES_PER_MEMBER * limits.max_members:
-        raise Invalid(
-            f"The archive's directory of {end[zipfile._ECD_SIZE]} bytes is too large for "
-            f"{limits.max_members} entries.",
-            code="archive_too_large",
-        )
-
-
 @contextmanager
 def _open_archive(archive: Path, limits: Limits) -> Iterator[tuple[list[Member], Opener]]:
     with _reading():
-        kind = _kind(archive)
+        kind = probe.kind(archive)
     if kind == "zip":
         with _reading():
-            _check_zip_directory(archive, limits)
+            probe.check_zip_directory(archive, limits.max_members)
             zf = zipfile.ZipFile(archive)
         with zf:
             with _reading():
@@ -217,7 +132,7 @@ def _open_archive(archive: Path, limits: Limits) -> Iterator[tuple[list[Member],
             yield members, lambda m: zf.open(m.ref)
     elif kind == "tar":
         with _reading():
-            tf = tarfile.open(archive, "r:*", tarinfo=_BoundedTarInfo)  # noqa: SIM115 - closed by the `with tf` below
+            tf = tarfile.open(archive, "r:*", tarinfo=probe.BoundedTarInfo)  # noqa: SIM115 - closed by the `with tf` below
         with tf:
             with _reading():
                 members = _tar_members(tf, limits, archive.stat().st_size)
@@ -254,7 +169,7 @@ def _parts(name: str) -> tuple[str, ...]:
 
 def _zip_members(zf: zipfile.ZipFile, limits: Limits) -> list[Member]:
     infos = zf.infolist()
-    _check_count(len(infos), limits)
+    probe.check_count(len(infos), limits.max_members)
     unsafe, members, encrypted = [], [], []
     for info in infos:
         problem = _name_problem(info.filename)
@@ -280,7 +195,7 @@ def _tar_members(tf: tarfile.TarFile, limits: Limits, archive_bytes: int) -> lis
     # next() instead of getmembers(): a tar of millions of headers is refused early.
     while (info := tf.next()) is not None:
         count += 1
-        _check_count(count, limits)
+        probe.check_count(count, limits.max_members)
         problem = _name_problem(info.name)
         if not (info.isreg() or info.isdir()):
             problem = "link, device or fifo member"
@@ -302,13 +217,6 @@ def _tar_members(tf: tarfile.TarFile, limits: Limits, archive_bytes: int) -> lis
             code="archive_too_large",
         )
     return members
-
-
-def _check_count(count: int, limits: Limits) -> None:
-    if count > limits.max_members:
-        raise Invalid(
-            f"The archive has more than {limits.max_members} entries.", code="archive_too_large"
-        )
 
 
 def _check_unsafe(unsafe: list[tuple[str, str]]) -> None:
