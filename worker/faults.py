@@ -4,6 +4,7 @@
 - `oom_above=N`: a forward pass on more than N images raises torch.OutOfMemoryError;
 - `crash_at_step=N`: the worker process kills itself (SIGKILL) at step N of every attempt;
 - `step_delay=S`: sleep S seconds after every step, so tests can act mid-epoch;
+- `decode_delay=S`: sleep S seconds after every image decoded, so tests can act mid-decode;
 - `crash_before_success=N`: attempt N kills its worker process (SIGKILL) once the last
   epoch's files are written, before the job's success is committed;
 - `pause_before_success=S`: sleep S seconds there instead (logged), so tests can act then.
@@ -27,6 +28,7 @@ class Faults:
         self.oom_above = int(pairs["oom_above"]) if "oom_above" in pairs else None
         self.crash_at_step = int(pairs["crash_at_step"]) if "crash_at_step" in pairs else None
         self.step_delay = float(pairs.get("step_delay", 0))
+        self.decode_delay = float(pairs.get("decode_delay", 0))
         self.crash_before_success = int(pairs.get("crash_before_success", 0))
         self.pause_before_success = float(pairs.get("pause_before_success", 0))
         self.steps = 0
@@ -41,6 +43,10 @@ class Faults:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.step_delay:
             time.sleep(self.step_delay)
+
+    def after_decode(self) -> None:
+        if self.decode_delay:
+            time.sleep(self.decode_delay)
 
     def before_success(self, attempt: int) -> None:
         if attempt == self.crash_before_success:

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -105,6 +106,9 @@ def load_data(
     dataset: Dataset,
     spec: TrainSpec,
     validation_split: float,
+    *,
+    check: Callable[[], None] = lambda: None,
+    decoding: Callable[[int], None] = lambda count: None,
 ) -> TrainData:
     """Decode the dataset once (cached per dataset and image size) and split it.
 
@@ -112,6 +116,9 @@ def load_data(
     made. The dataset's files are fetched and held only to decode them: once decoded, a
     job reads just the manifest, so a remote dataset's copy can leave the cache (or never
     come back into it) while its decoded images stay.
+
+    When the images must be decoded, `decoding(count)` is called first, and `check` after
+    every image: it may raise to stop (cancel, shutdown), leaving no partial cache file.
     """
     cache = host_cache(settings)
     base = cache.path(decoded_entry(dataset.id, spec.image_size))
@@ -123,7 +130,8 @@ def load_data(
         if images is None:
             with storage.hold(dataset.storage_key) as root:
                 paths = [root / e["file"] for e in entries]
-                images = cached_images(base, paths, spec.image_size, settings.decode_threads)
+                decoding(len(paths))
+                images = cached_images(base, paths, spec.image_size, settings.decode_threads, check)
             cache.trim()  # what this job holds (its decoded images) stays
     index = {name: i for i, name in enumerate(dataset.classes)}
     full = ImageSet(images, torch.tensor([index[e["label"]] for e in entries], dtype=torch.long))

@@ -23,7 +23,7 @@ from worker.faults import Faults
 from worker.lease import AttemptInterrupted, Lease
 from worker.retry import retrying
 from worker.training.checkpoint import save_weights, weights_metadata
-from worker.training.loop import FitCallbacks
+from worker.training.loop import FitCallbacks, TrainingCancelled
 from worker.training.resume import StateSnapshot, snapshot, write_state
 from worker.training.spec import TrainSpec
 from worker.training.trainer import Trainer
@@ -42,6 +42,34 @@ def clean(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class CancelPoll:
+    """Whether the user asked to cancel the attempt's job, read at most every `interval_s`.
+
+    Called every training step (and every decoded image), so it must cost nothing between
+    reads: a clock comparison.
+    """
+
+    def __init__(self, lease: Lease, interval_s: float) -> None:
+        self.lease, self.interval_s = lease, interval_s
+        self._last = 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return False
+        self._last = now
+        with self.lease.sessions() as session:
+            stmt = select(Job.cancel_requested).where(Job.id == self.lease.job_id)
+            return bool(session.scalar(stmt))
+
+    def check(self) -> None:
+        """Raise what stops the attempt: AttemptInterrupted (lost lease, shutdown) first,
+        then TrainingCancelled."""
+        self.lease.check()
+        if self():
+            raise TrainingCancelled
+
+
 class DatabaseReporter(FitCallbacks):
     """Reports one attempt of one job."""
 
@@ -57,9 +85,10 @@ class DatabaseReporter(FitCallbacks):
     ) -> None:
         self.sessions, self.storage, self.lease, self.spec = sessions, storage, lease, spec
         self.job_id = lease.job_id
-        self.progress_interval_s, self.cancel_interval_s = progress_interval_s, cancel_interval_s
+        self.progress_interval_s = progress_interval_s
+        self.cancel_requested = CancelPoll(lease, cancel_interval_s)
         self.faults = faults or Faults("")
-        self._last_progress = self._last_cancel_check = 0.0
+        self._last_progress = 0.0
         self.steps = 0  # optimiser steps per epoch, known from the first step on
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future[None] | None = None
@@ -128,12 +157,7 @@ class DatabaseReporter(FitCallbacks):
         self.lease.check()
         if self._pending is not None and self._pending.done():
             self._wait_pending()  # surfaces a background failure (e.g. a lost lease) now
-        now = time.monotonic()
-        if now - self._last_cancel_check < self.cancel_interval_s:
-            return False
-        self._last_cancel_check = now
-        with self.sessions() as session:
-            return bool(session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+        return self.cancel_requested()
 
     def on_epoch_end(
         self, epoch: int, metrics: dict[str, Any], trainer: Trainer, *, last: bool

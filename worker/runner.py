@@ -26,7 +26,7 @@ from app.core.storage import Storage, discard, get_storage, unreachable
 from worker.faults import Faults
 from worker.jobspec import JobFailure, build_spec, load_data
 from worker.lease import AttemptInterrupted, Lease
-from worker.reporting import DatabaseReporter, clean
+from worker.reporting import CancelPoll, DatabaseReporter, clean
 from worker.retry import retrying
 from worker.training.heap import steady_heap
 from worker.training.loop import FitResult, TrainingCancelled, fit
@@ -136,6 +136,20 @@ def _warn_storage_out_of_reach(lease: Lease, exc: Exception) -> None:
             session.commit()
     except Exception:  # only a courtesy: the reaper resumes the job either way
         log.warning("job %s: could not record the storage outage", lease.job_id, exc_info=True)
+
+
+def _announce_decoding(lease: Lease, count: int, size: int) -> None:
+    """Tell the job's watchers why it shows no progress yet: a first decode takes minutes."""
+    message = f"decoding {count} images at {size} px (once per dataset and image size)"
+    data = {"status": "running", "decoding": {"images": count, "image_size": size}}
+
+    def write() -> None:
+        with lease.transaction() as session:
+            if session.scalar(select(Job.id).where(*lease.fence())) is not None:
+                add_event(session, lease.job_id, "status", message, data)
+            session.commit()
+
+    retrying(write)
 
 
 def _release(settings: Settings, storage: Storage, lease: Lease, reason: str) -> None:
@@ -338,7 +352,21 @@ def _train_holding(
             raise JobFailure("dataset_not_found", "the job's dataset was deleted")
         spec = build_spec(session, settings, storage, job, dataset, holds)
         validation_split = job.spec["validation_split"]
-    data = load_data(settings, storage, dataset, spec, validation_split)
+    cancel = CancelPoll(lease, settings.cancel_poll_interval_s)
+
+    def check() -> None:
+        faults.after_decode()
+        cancel.check()
+
+    data = load_data(
+        settings,
+        storage,
+        dataset,
+        spec,
+        validation_split,
+        check=check,
+        decoding=lambda count: _announce_decoding(lease, count, spec.image_size),
+    )
     micro: int | None = None
     while True:
         with lease.sessions() as session:

@@ -10,8 +10,9 @@ PIL, no DataLoader workers on the critical path.
 
 import os
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,13 +51,38 @@ class TrainData:
     test: ImageSet | None = None
 
 
-def _decode_into(out: np.ndarray, paths: Sequence[str | Path], size: int, threads: int) -> None:
+def _decode_into(
+    out: np.ndarray,
+    paths: Sequence[str | Path],
+    size: int,
+    threads: int,
+    check: Callable[[], None] = lambda: None,
+) -> None:
+    """Decode `paths` into the rows of `out`, calling `check` after every image.
+
+    `check` may raise to stop (a cancel, a shutdown): a first decode of a large dataset
+    takes minutes, and a job must stop within seconds. At most a few images per thread are
+    in flight, so what is left to finish after it raises is that much, not the dataset.
+    """
+
     def work(i: int) -> None:
         out[i] = decode_image(paths[i], size)
 
     # PIL releases the GIL while decoding and resizing, so threads scale.
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(work, range(len(paths))))
+        pending: deque[Future[None]] = deque()
+        try:
+            for i in range(len(paths)):
+                if len(pending) >= 4 * threads:
+                    pending.popleft().result()
+                    check()
+                pending.append(pool.submit(work, i))
+            while pending:
+                pending.popleft().result()
+                check()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def decode_images(paths: Sequence[str | Path], size: int, threads: int = 4) -> torch.Tensor:
@@ -92,9 +118,16 @@ def open_cached(cache: Path, count: int, size: int) -> torch.Tensor | None:
 
 
 def cached_images(
-    cache: Path | None, paths: Sequence[str | Path], size: int, threads: int = 4
+    cache: Path | None,
+    paths: Sequence[str | Path],
+    size: int,
+    threads: int = 4,
+    check: Callable[[], None] = lambda: None,
 ) -> torch.Tensor:
-    """The decoded images of `paths`, memory-mapped from `cache` (made on first use)."""
+    """The decoded images of `paths`, memory-mapped from `cache` (made on first use).
+
+    `check` is called as images are decoded and may raise to stop; then no file is left.
+    """
     if cache is None:
         return decode_images(paths, size, threads)
     images = open_cached(cache, len(paths), size)
@@ -108,7 +141,7 @@ def cached_images(
         tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size)
     )
     try:
-        _decode_into(out, paths, size, threads)
+        _decode_into(out, paths, size, threads, check)
         out.flush()
         del out
         os.replace(tmp, path)

@@ -242,6 +242,38 @@ def test_a_cancel_then_a_sigterm_ends_the_job_cancelled(cluster: Cluster) -> Non
     assert cluster.job_row(job_id).attempts == 1
 
 
+def _wait_decoding(cluster: Cluster, job_id: str) -> None:
+    def decoding() -> bool:
+        return any("decoding" in e["data"] for e in events(cluster, job_id))
+
+    wait_for(decoding, what=f"{job_id} decoding its images")
+
+
+def test_a_cancel_and_a_sigterm_stop_a_first_decode(cluster: Cluster) -> None:
+    # A first job on a large dataset decodes it for minutes before its first step: a cancel
+    # must still end the job within seconds, and a deploy's SIGTERM hand it back, not wait
+    # (the grace period would run out, killing the attempt). A size no other test decoded,
+    # with ~0.1 s an image: a decode of ~15 s.
+    leaving = cluster.worker(faults="decode_delay=0.1")
+    cancelled = submit(cluster, image_size=36)
+    _wait_decoding(cluster, cancelled)
+    asked = time.monotonic()
+    assert cluster.client.post(f"/v1/jobs/{cancelled}/cancel").status_code == 202
+    assert _assert_cancelled_whole(cluster, cancelled) == []
+    assert time.monotonic() - asked < 8
+
+    released = submit(cluster, image_size=36)  # decodes again: a stopped decode keeps nothing
+    _wait_decoding(cluster, released)
+    leaving.send_signal(signal.SIGTERM)
+    leaving.wait(timeout=8)
+    reasons = [e["data"].get("reason") for e in events(cluster, released)]
+    assert "shutdown" in reasons and cluster.job_row(released).status == "queued"
+    cache = cluster.root / "var" / "work" / "cache"
+    assert not [p.name for p in cache.iterdir() if "36px" in p.name or p.suffix == ".tmp"]
+    cluster.worker()
+    assert_clean_history(cluster, released)
+
+
 def test_a_cancel_after_the_last_step_still_cancels(cluster: Cluster) -> None:
     # The user was told 202: a job that had trained every epoch when the cancel came ends
     # cancelled all the same, without the last epoch's checkpoint.

@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
+from worker.training import data
 from worker.training.batches import DeviceBatches, FeatureBatches, random_resized_flip
 from worker.training.data import ImageSet, cached_images, stratified_split
 
@@ -30,6 +32,43 @@ def test_images_are_decoded_once_and_cached(tmp_path: Path) -> None:
     for p in paths:
         p.unlink()  # a second call must not need the files any more
     assert torch.equal(cached_images(cache, paths, 8), images)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_check_that_raises_stops_the_decode_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancel or shutdown mid-decode: the rest of a large dataset is not decoded, and
+    # neither a cache file (it would be taken as complete) nor a temporary file stays.
+    paths = [_draw(tmp_path / f"{i}.png", (i, 0, 0)) for i in range(200)]
+    decoded: list[str] = []
+    decode = data.decode_image
+
+    def counted(path: Path, size: int) -> object:
+        decoded.append(str(path))
+        return decode(path, size)
+
+    monkeypatch.setattr(data, "decode_image", counted)
+    calls = 0
+
+    def check() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 10:
+            raise _Stop
+
+    cache = tmp_path / "cache" / "8.npy"
+    with pytest.raises(_Stop):
+        cached_images(cache, paths, 8, threads=2, check=check)
+    # 10 checked, at most 4 per thread queued behind them: the pool's queue is dropped.
+    assert len(decoded) <= 10 + 4 * 2, len(decoded)
+    assert not list((tmp_path / "cache").iterdir())
+    monkeypatch.undo()
+    images = cached_images(cache, paths, 8, threads=2, check=check)  # made whole later
+    assert images[199, :, 0, 0].tolist() == [199, 0, 0] and calls == 210
 
 
 def test_stratified_split_keeps_every_class_in_train() -> None:
