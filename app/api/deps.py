@@ -60,6 +60,21 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StorageDep = Annotated[Storage, Depends(storage)]
 
 
+def keyless_tenant(settings: Settings) -> str:
+    """The tenant of a request without a key: the local one, unless keys are required."""
+    if settings.auth_required:
+        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+    return LOCAL_TENANT
+
+
+def key_tenant(session: Session, key: str) -> str:
+    """The tenant of `key` (a query); Unauthorized when no such key is live."""
+    tenant = tenant_for_key(session, key)
+    if tenant is None:
+        raise Unauthorized("the API key is not valid")
+    return tenant
+
+
 async def current_tenant(
     settings: SettingsDep,
     session: SessionDep,
@@ -67,13 +82,8 @@ async def current_tenant(
 ) -> str:
     """The caller's tenant: from its key, or the local tenant when keys are not required."""
     if credentials is None:
-        if settings.auth_required:
-            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-        return LOCAL_TENANT
-    tenant = await run_in_threadpool(tenant_for_key, session, credentials.credentials)
-    if tenant is None:
-        raise Unauthorized("the API key is not valid")
-    return tenant
+        return keyless_tenant(settings)
+    return await run_in_threadpool(key_tenant, session, credentials.credentials)
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]

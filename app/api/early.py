@@ -17,13 +17,12 @@ from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.deps import get_session
+from app.api.deps import get_session, key_tenant, keyless_tenant
+from app.api.limits import is_upload
 from app.api.problems import app_error_response
 from app.api.ratelimit import check
 from app.core.db import get_sessionmaker
 from app.core.errors import AppError, Unauthorized
-from app.core.keys import tenant_for_key
-from app.core.models import LOCAL_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +32,7 @@ class EarlyUploadRefusal:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"].rstrip("/") == "/v1/datasets"
-        ):
+        if scope["type"] == "http" and scope["method"] == "POST" and is_upload(scope["path"]):
             request = Request(scope)
             try:
                 await run_in_threadpool(_admit, request)
@@ -54,23 +49,21 @@ def _admit(request: Request) -> None:
     # parts are there and the scheme is Bearer.
     scheme, key = get_authorization_scheme_param(request.headers.get("authorization"))
     if not (scheme and key) or scheme.lower() != "bearer":
-        if state.settings.auth_required:
-            raise Unauthorized("an API key is required: Authorization: Bearer <key>")
-        tenant: str | None = LOCAL_TENANT
+        tenant = keyless_tenant(state.settings)
     else:
         try:
-            tenant = _tenant(request, key)
+            tenant = _key_tenant(request, key)
+        except Unauthorized:
+            raise
         except Exception:  # the database is away: the route answers for itself
             log.debug("key not checked before the upload's body", exc_info=True)
             return
-        if tenant is None:
-            raise Unauthorized("the API key is not valid")
     check(state.rate_limiter, tenant, "uploads", state.settings.rate_limit_uploads, count=False)
 
 
-def _tenant(request: Request, key: str) -> str | None:
+def _key_tenant(request: Request, key: str) -> str:
     override = request.app.dependency_overrides.get(get_session)
     if override is not None:  # the session the route will get
-        return tenant_for_key(override(), key)
+        return key_tenant(override(), key)
     with get_sessionmaker(request.app.state.settings.database_url)() as session:
-        return tenant_for_key(session, key)
+        return key_tenant(session, key)

@@ -19,11 +19,16 @@ from app.core.config import Settings
 _PREDICT = re.compile(r"^/v1/models/[^/]+/predict/?$")
 
 
+def is_upload(path: str) -> bool:
+    """Whether `path` is the dataset upload's (a POST there carries an archive)."""
+    return path.rstrip("/") == "/v1/datasets"
+
+
 def body_limit(settings: Settings, method: str, path: str) -> int | None:
     """The byte limit of a request's body, or None for requests without one."""
     if method not in {"POST", "PUT", "PATCH"}:
         return None
-    if path.rstrip("/") == "/v1/datasets":
+    if is_upload(path):
         return settings.max_upload_bytes
     if _PREDICT.match(path):
         return settings.max_predict_bytes
