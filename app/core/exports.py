@@ -114,18 +114,34 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
         if (recorded := _recorded(model, storage, fmt)) is not None:
             return recorded
         record = _build(model, storage, fmt)
-        # Lock the row, then read it again: another process may have recorded this format
-        # meanwhile, or the other one. A write takes the lock on SQLite too (pysqlite begins
-        # a transaction only at a write; FOR UPDATE locks nothing there).
-        session.execute(update(Model).where(Model.id == model.id).values(exports=Model.exports))
-        session.refresh(model)
-        if (recorded := _recorded(model, storage, fmt)) is not None:
-            session.commit()
-            if recorded["storage_key"] != record["storage_key"]:
-                discard(storage, record["storage_key"])
-            return recorded
-        model.exports = {**model.exports, fmt: record}
+        try:
+            recorded = _record(session, model, storage, fmt, record)
+        except BaseException:
+            # Not recorded (the database went away): nothing would ever name or free the
+            # file. Had the commit landed with only its answer lost, the record names a
+            # file no longer stored, which `_recorded` takes as missing: built again.
+            session.rollback()
+            discard(storage, record["storage_key"])
+            raise
+    if recorded["storage_key"] != record["storage_key"]:
+        discard(storage, record["storage_key"])
+    return recorded
+
+
+def _record(
+    session: Session, model: Model, storage: Storage, fmt: str, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Record `record` on the model unless another maker recorded one first; the one kept."""
+    # Lock the row, then read it again: another process may have recorded this format
+    # meanwhile, or the other one. A write takes the lock on SQLite too (pysqlite begins
+    # a transaction only at a write; FOR UPDATE locks nothing there).
+    session.execute(update(Model).where(Model.id == model.id).values(exports=Model.exports))
+    session.refresh(model)
+    if (recorded := _recorded(model, storage, fmt)) is not None:
         session.commit()
+        return recorded
+    model.exports = {**model.exports, fmt: record}
+    session.commit()
     return record
 
 

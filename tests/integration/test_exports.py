@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from app.core import exports
 from app.core.config import Settings
@@ -50,3 +52,38 @@ def test_a_maker_that_lost_the_race_serves_the_winners_export(
     with sessions() as session:  # recorded and stored: served without a build
         model = session.get(Model, model_id)
         assert ensure_export(session, model, storage, "torchscript") == recorded  # type: ignore[arg-type]
+
+
+def test_an_export_the_database_did_not_record_leaves_no_file(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away between the build and its record: the request fails, and the
+    stored file, which no row would ever name or free, is deleted; the next request builds."""
+    settings = Settings(data_dir=tmp_path, database_url=pg_url)
+    sessions, storage = get_sessionmaker(pg_url), get_storage(settings)
+    with sessions() as session:
+        dataset = make_dataset_row(session)
+        model_id = make_model(session, storage, {"id": dataset.id, "classes": ["a", "b"]}).id
+    build = exports._build
+
+    def cut_off(model: Model, storage_: object, fmt: str) -> dict:
+        record = build(model, storage, fmt)
+        pid = maker.scalar(text("SELECT pg_backend_pid()"))
+        with sessions() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return record
+
+    monkeypatch.setattr(exports, "_build", cut_off)
+    folder = tmp_path / "artifacts" / "models" / model_id
+    with sessions() as maker:
+        model = maker.get(Model, model_id)
+        assert model is not None
+        with pytest.raises(OperationalError):
+            ensure_export(maker, model, storage, "torchscript")
+    assert not folder.exists() or not list(folder.iterdir())
+    monkeypatch.undo()
+    with sessions() as session:
+        model = session.get(Model, model_id)
+        assert model is not None and not model.exports
+        record = ensure_export(session, model, storage, "torchscript")
+    assert [p.name for p in folder.iterdir()] == [Path(record["storage_key"]).name]
