@@ -38,29 +38,38 @@ def weights_file_response(
     held = request.headers.get("if-none-match", "")
     if etag in held or held.strip() == "*":  # "*": any version the client holds (RFC 9110)
         return Response(status_code=304, headers={"ETag": etag})
-    _check_range(request, etag, size)
-    response = FileResponse(
-        storage.local(key) if not request.scope.get(HEAD) else key,
-        media_type=SAFETENSORS,
-        filename=filename,
-        headers={"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"},
-    )
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     if request.scope.get(HEAD):
+        response = FileResponse(key, media_type=SAFETENSORS, filename=filename, headers=headers)
+        _check_range(request, response, size)
         headers = {**response.headers, "content-length": str(size), "accept-ranges": "bytes"}
         return Response(headers=headers)
+    path = storage.local(key)
+    response = FileResponse(
+        path, media_type=SAFETENSORS, filename=filename, headers=headers, stat_result=path.stat()
+    )
+    _check_range(request, response, size)
     return response
 
 
-def _check_range(request: Request, etag: str, size: int) -> None:
-    """Refuse a `Range` FileResponse would refuse, as problem+json: it answers a malformed
-    one (400) and one beyond the end (416) in text/plain, outside the app's error handlers.
+def _check_range(request: Request, response: FileResponse, size: int) -> None:
+    """Refuse a `Range` `response` would refuse, as problem+json: FileResponse answers a
+    malformed one (400) and one beyond the end (416) in text/plain, outside the app's error
+    handlers.
 
-    Parsed by FileResponse's own parser, so the two agree on what is valid. An `If-Range`
-    naming another version makes the Range moot: the whole file is sent. (An `If-Range`
-    date is left to FileResponse, which compares it with the file's mtime.)
+    Asked with FileResponse's own rules, so the two agree on what is valid, and on when an
+    `If-Range` makes the Range moot: unless it is the response's ETag or its Last-Modified
+    date (which a HEAD, answered from the row, does not have), the whole file is sent,
+    whatever the Range says.
     """
     wanted = request.headers.get("range")
-    if wanted is None or request.headers.get("if-range", etag) != etag:
+    if_range = request.headers.get("if-range")
+    if wanted is None:
+        return
+    if if_range is not None and (
+        if_range.startswith("W/")
+        or if_range not in (response.headers.get("etag"), response.headers.get("last-modified"))
+    ):
         return
     try:
         FileResponse._parse_range_header(wanted, size)

@@ -77,6 +77,18 @@ def test_a_download_serves_ranges_and_refuses_bad_ones_as_problems(
     assert stale.status_code == 200 and stale.content == whole.content
     fresh = client.get(url, headers={"Range": "bytes=0-7", "If-Range": etag})
     assert fresh.status_code == 206 and fresh.content == whole.content[:8]
+    # An If-Range date: the Range applies when it is the Last-Modified, else it is moot.
+    dated = {"If-Range": whole.headers["last-modified"]}
+    refused = client.get(url, headers={"Range": f"bytes={size}-", **dated})
+    assert refused.status_code == 416 and refused.json()["code"] == "range_not_satisfiable"
+    malformed = client.get(url, headers={"Range": "items=0-1", **dated})
+    assert malformed.json()["code"] == "range_invalid"  # was text/plain
+    old = client.get(
+        url, headers={"Range": "items=0-1", "If-Range": "Thu, 01 Jan 1970 00:00:00 GMT"}
+    )
+    assert old.status_code == 200 and old.content == whole.content
+    head = client.head(url, headers={"Range": f"bytes={size}-"})
+    assert head.status_code == 416  # as its GET
 
 
 def test_head_answers_every_get_route_with_its_headers(
