@@ -117,8 +117,9 @@ def load_data(
     job reads just the manifest, so a remote dataset's copy can leave the cache (or never
     come back into it) while its decoded images stay.
 
-    When the images must be decoded, `decoding(count)` is called first, and `check` after
-    every image: it may raise to stop (cancel, shutdown), leaving no partial cache file.
+    When the images must be decoded, `check` is called after every file fetched from a
+    remote store and every image decoded: it may raise to stop (cancel, shutdown), leaving
+    no partial copy or cache file. `decoding(count)` is called before the decode.
     """
     cache = host_cache(settings)
     base = cache.path(decoded_entry(dataset.id, spec.image_size))
@@ -128,7 +129,7 @@ def load_data(
             entries = json.loads(manifest.read_text())["entries"]
         images = open_cached(base, len(entries), spec.image_size)
         if images is None:
-            with storage.hold(dataset.storage_key) as root:
+            with storage.hold(dataset.storage_key, check) as root:
                 paths = [root / e["file"] for e in entries]
                 decoding(len(paths))
                 images = cached_images(base, paths, spec.image_size, settings.decode_threads, check)

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -44,8 +44,14 @@ class Storage(Protocol):
         """A readable local path of the file or directory at `key`."""
         ...
 
-    def hold(self, key: str) -> contextlib.AbstractContextManager[Path]:
-        """`local(key)`, kept from the host cache's eviction until the block ends."""
+    def hold(
+        self, key: str, check: Callable[[], None] | None = None
+    ) -> contextlib.AbstractContextManager[Path]:
+        """`local(key)`, kept from the host cache's eviction until the block ends.
+
+        A directory fetched from a remote store calls `check` after each of its files, from
+        the store's I/O thread; what it raises stops the fetch and leaves no copy.
+        """
         ...
 
     def put_file(self, src: Path, key: str) -> None:
@@ -130,8 +136,8 @@ class LocalStorage:
         return self.path(key)
 
     @contextlib.contextmanager
-    def hold(self, key: str) -> Iterator[Path]:
-        """The stored file itself: nothing to evict."""
+    def hold(self, key: str, check: Callable[[], None] | None = None) -> Iterator[Path]:
+        """The stored file itself: nothing to evict, nothing to fetch."""
         yield self.path(key)
 
     def put_file(self, src: Path, key: str) -> None:
@@ -203,8 +209,11 @@ class RemoteStorage:
         """The host cache's entry name of a storage key (one flat name per key)."""
         return "stored-" + quote(_check_key(key), safe="")
 
-    def local(self, key: str) -> Path:
-        """The cached copy, downloaded first if this host has none (files and directories)."""
+    def local(self, key: str, check: Callable[[], None] | None = None) -> Path:
+        """The cached copy, downloaded first if this host has none (files and directories).
+
+        `check` is called after each file of a directory (see Storage.hold).
+        """
         name = self.entry(key)
         dest = self.cache.path(name)
         if dest.exists():
@@ -220,7 +229,8 @@ class RemoteStorage:
         try:
             if self.fs.isdir(remote):
                 tmp.mkdir()
-                self.fs.get(f"{remote}/", f"{tmp}/", recursive=True)
+                progress = {} if check is None else {"callback": _checking(check)}
+                self.fs.get(f"{remote}/", f"{tmp}/", recursive=True, **progress)
                 with contextlib.suppress(OSError):  # another process finished first
                     tmp.rename(dest)
             else:
@@ -233,9 +243,9 @@ class RemoteStorage:
         return dest
 
     @contextlib.contextmanager
-    def hold(self, key: str) -> Iterator[Path]:
+    def hold(self, key: str, check: Callable[[], None] | None = None) -> Iterator[Path]:
         with self.cache.use(self.entry(key)):
-            yield self.local(key)
+            yield self.local(key, check)
 
     # Writes are not kept in the cache: the host that writes (an API storing an upload, a
     # worker storing checkpoints) is rarely the one that reads, and the cache stays small.
@@ -323,6 +333,19 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(
         exc, (TimeoutError, ConnectionError, boto.ConnectionError, boto.HTTPClientError)
     )
+
+
+def _checking(check: Callable[[], None]) -> Any:
+    """An fsspec callback calling `check` at each update: the file count once known, then
+    every file done. fsspec cancels the files in flight when a callback raises and raises
+    that exception to the caller."""
+    from fsspec.callbacks import Callback
+
+    class Checking(Callback):  # type: ignore[misc]
+        def call(self, *args: Any, **kwargs: Any) -> None:
+            check()
+
+    return Checking()
 
 
 def discard(storage: Storage, *keys: str | None) -> None:

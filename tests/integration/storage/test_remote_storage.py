@@ -83,6 +83,35 @@ def test_concurrent_first_reads_of_a_directory_agree(tmp_path: Path, s3: S3, url
     assert not [p for p in seen[0].parent.iterdir() if p.name.endswith(".part")]
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_a_check_that_raises_stops_a_directory_fetch_and_keeps_nothing(
+    tmp_path: Path, s3: S3, url: str
+) -> None:
+    # A worker fetching a large dataset for its first decode, when the job is cancelled or
+    # the worker told to shut down: the fetch stops, and no partial copy is taken as whole.
+    a = host(url, s3, tmp_path / "a")
+    a.put_dir(write_tree(tmp_path / "upload", {f"{i}.txt": str(i) for i in range(60)}), "ds")
+    b = host(url, s3, tmp_path / "b")
+    calls = 0
+
+    def check() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise _Stop
+
+    with pytest.raises(_Stop), b.hold("ds", check):
+        pytest.fail("held a directory whose fetch was stopped")
+    assert not [p.name for p in b.cache.root.iterdir() if p.name != ".locks"]
+    calls = 0 - 1000  # no more raising
+    with b.hold("ds", check) as root:
+        assert sorted(p.name for p in root.iterdir()) == sorted(f"{i}.txt" for i in range(60))
+    assert calls + 1000 > 60  # called for every file at least
+
+
 def test_a_workspace_is_visible_elsewhere_after_each_publish(
     tmp_path: Path, s3: S3, url: str
 ) -> None:
