@@ -4,7 +4,8 @@
 - `oom_above=N`: a forward pass on more than N images raises torch.OutOfMemoryError;
 - `crash_at_step=N`: the worker process kills itself (SIGKILL) at step N of every attempt;
 - `step_delay=S`: sleep S seconds after every step, so tests can act mid-epoch;
-- `decode_delay=S`: sleep S seconds after every image decoded, so tests can act mid-decode;
+- `decode_delay=S`: sleep S seconds after every image decoded (and every file fetched from
+  a remote store), so tests can act mid-decode;
 - `crash_before_success=N`: attempt N kills its worker process (SIGKILL) once the last
   epoch's files are written, before the job's success is committed;
 - `pause_before_success=S`: sleep S seconds there instead (logged), so tests can act then.
