@@ -26,6 +26,7 @@ from app.datasets.router import router as datasets_router
 from app.datasets.service import sweep_orphans
 from app.jobs.router import router as jobs_router
 from app.jobs.service import sweep_files
+from app.models.exporter import ExportBuilds
 from app.models.inference import BatchPolicy, ModelCache
 from app.models.router import router as models_router
 from app.web.router import router as web_router
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_cache = ModelCache(
         resolved.model_cache_size, resolved.device, batching, resolved.predict_precision
     )
+    app.state.export_builds = ExportBuilds(resolved.database_url, app.state.storage)
     app.state.rate_limiter = create_limiter(resolved)
     app.state.metrics = Metrics(resolved)
     problems.install(app)

@@ -106,12 +106,12 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
     # takes seconds, more behind another one, and must not keep a pooled connection idle
     # in a transaction meanwhile.
     session.commit()
-    if (recorded := _recorded(model, storage, fmt)) is not None:
+    if (recorded := stored_record(model, storage, fmt)) is not None:
         return recorded  # made already: no waiting behind another model's build
     with _lock:
         session.refresh(model)  # a build this process finished while this request waited
         session.commit()
-        if (recorded := _recorded(model, storage, fmt)) is not None:
+        if (recorded := stored_record(model, storage, fmt)) is not None:
             return recorded
         record = _build(model, storage, fmt)
         try:
@@ -137,7 +137,7 @@ def _record(
     # a transaction only at a write; FOR UPDATE locks nothing there).
     session.execute(update(Model).where(Model.id == model.id).values(exports=Model.exports))
     session.refresh(model)
-    if (recorded := _recorded(model, storage, fmt)) is not None:
+    if (recorded := stored_record(model, storage, fmt)) is not None:
         session.commit()
         return recorded
     model.exports = {**model.exports, fmt: record}
@@ -145,7 +145,7 @@ def _record(
     return record
 
 
-def _recorded(model: Model, storage: Storage, fmt: str) -> dict[str, Any] | None:
+def stored_record(model: Model, storage: Storage, fmt: str) -> dict[str, Any] | None:
     """The export recorded on the row, if its file is stored."""
     record = model.exports.get(fmt)
     if record is not None and storage.exists(record["storage_key"]):

@@ -4,6 +4,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from app.api.files import download_responses, weights_file_response
@@ -12,6 +13,7 @@ from app.api.problems import problems
 from app.core import registry
 from app.core.errors import Invalid, field_error
 from app.models import inference, service
+from app.models.exporter import ExportBuilds
 from app.models.schemas import BackboneList, ModelPage, ModelRead, PredictResponse
 
 router = APIRouter(tags=["models"])
@@ -22,6 +24,13 @@ async def model_cache(request: Request) -> inference.ModelCache:
 
 
 ModelCacheDep = Annotated[inference.ModelCache, Depends(model_cache)]
+
+
+async def export_builds(request: Request) -> ExportBuilds:
+    return request.app.state.export_builds
+
+
+ExportBuildsDep = Annotated[ExportBuilds, Depends(export_builds)]
 
 
 @router.get("/v1/models", response_model=ModelPage, summary="List models, newest first")
@@ -54,11 +63,12 @@ def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelRea
     },
     summary="Download the model's weights file (ETag = sha256)",
 )
-def download_model(
+async def download_model(
     model_id: str,
     request: Request,
     session: SessionDep,
     storage: StorageDep,
+    builds: ExportBuildsDep,
     tenant: TenantDep,
     format: Annotated[
         Literal["safetensors", "onnx", "torchscript"],
@@ -72,22 +82,24 @@ def download_model(
     with `strict=True` into `torchvision.models.get_model(backbone, weights=None,
     num_classes=len(classes))`. `onnx` and `torchscript` are exported on first
     request and checked against the torch model. `ETag` is the file's sha256:
-    `If-None-Match` answers 304; `Range` is honoured.
+    `If-None-Match` answers 304; `Range` is honoured. A request for an export being made
+    waits for it (seconds to minutes, once per model and format).
     """
     if format != "safetensors":
-        row, record = service.export(session, storage, tenant, model_id, format)
+        row, record = await service.export(session, storage, builds, tenant, model_id, format)
         suffix = "onnx" if format == "onnx" else "pt"
         key, sha256, size = record["storage_key"], record["sha256"], record["size_bytes"]
         name = f"{row.id}.{suffix}"
     else:
-        row = service.get(session, tenant, model_id)
+        row = await run_in_threadpool(service.get, session, tenant, model_id)
         key, sha256, size, name = (
             row.storage_key,
             row.sha256,
             row.size_bytes,
             f"{row.id}.safetensors",
         )
-    return weights_file_response(request, storage, key, sha256, size, name)
+    # Blocking: a remote store's file is fetched into the host cache first.
+    return await run_in_threadpool(weights_file_response, request, storage, key, sha256, size, name)
 
 
 @router.post(

@@ -7,10 +7,11 @@ from sqlalchemy.orm import Session
 
 from app.api.pagination import paginate
 from app.core.errors import Invalid, NotFound, field_error
-from app.core.exports import ensure_export
+from app.core.exports import stored_record
 from app.core.models import Model, owned
 from app.core.storage import Storage
 from app.models import inference
+from app.models.exporter import ExportBuilds
 
 
 def get(session: Session, tenant: str, model_id: str) -> Model:
@@ -82,9 +83,23 @@ async def predict(
     ]
 
 
-def export(
-    session: Session, storage: Storage, tenant: str, model_id: str, fmt: str
+async def export(
+    session: Session,
+    storage: Storage,
+    builds: ExportBuilds,
+    tenant: str,
+    model_id: str,
+    fmt: str,
 ) -> tuple[Model, dict]:
-    """The checked export of a model (made on first request); records it on the model."""
-    row = get(session, tenant, model_id)
-    return row, ensure_export(session, row, storage, fmt)
+    """The checked export of a model, made now if it is not yet (`ExportBuilds`)."""
+
+    def locate() -> tuple[Model, dict | None]:
+        row = get(session, tenant, model_id)
+        record = stored_record(row, storage, fmt)
+        session.close()  # a build is long: hand the pooled connection back first
+        return row, record
+
+    row, record = await run_in_threadpool(locate)
+    if record is None:
+        record = await builds.build(row.id, fmt)
+    return row, record

@@ -14,6 +14,7 @@ from safetensors.torch import load
 from sqlalchemy.orm import Session
 from torchvision import models
 
+from app.core import exports
 from app.core.config import Settings
 from app.core.db import get_sessionmaker
 from app.core.migrate import upgrade
@@ -185,6 +186,43 @@ def test_requests_for_a_model_still_loading_wait_without_holding_the_thread_pool
         answered = [f.result(60) for f in pending]
     assert {r.status_code for r in answered} == {200}
     assert client.app.state.model_cache.loads == 1  # type: ignore[attr-defined]
+
+
+def test_requests_waiting_for_an_export_hold_no_thread_and_share_its_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export is made on its first request (seconds to minutes); the requests that wait
+    for it wait on the event loop and share that one build. (They used to wait in the
+    thread pool, one build after another: 40 of them stalled every route.)"""
+    gate, building, builds = threading.Event(), threading.Event(), []
+    build = exports._build
+
+    def slow_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        builds.append(args[2])
+        building.set()
+        assert gate.wait(30)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(exports, "_build", slow_build)
+    tuned, row, _ = _served_model(tmp_path)
+    url = f"/v1/models/{row.id}/content"
+    sent = 50  # above the pool's 40 threads
+    with TestClient(create_app(tuned)) as client, ThreadPoolExecutor(sent + 1) as pool:
+        try:
+            pending = [
+                pool.submit(client.get, url, params={"format": "torchscript"}) for _ in range(sent)
+            ]
+            assert building.wait(30)
+            threading.Event().wait(1)  # every request has reached the wait for the build
+            other = pool.submit(client.get, f"/v1/models/{row.id}")
+            assert other.result(10).status_code == 200 and not gate.is_set()
+        finally:
+            gate.set()
+        answered = [f.result(60) for f in pending]
+        assert {r.status_code for r in answered} == {200}
+        assert len({r.content for r in answered}) == 1 and builds == ["torchscript"]
+        etag = client.get(f"/v1/models/{row.id}").json()["exports"]["torchscript"]["sha256"]
+        assert answered[0].headers["etag"] == f'"{etag}"'
 
 
 def test_predict_names_the_unreadable_file(client: TestClient, model: dict) -> None:
