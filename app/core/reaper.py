@@ -105,11 +105,12 @@ def _cancel_released(session: Session, report: ReapReport) -> None:
         .with_for_update(skip_locked=True)
     )
     for job_id in list(session.scalars(stmt)):
-        session.execute(
+        if not session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.queued)
             .values(status=JobStatus.cancelled, finished_at=utcnow())
-        )
+        ).rowcount:
+            continue  # ended meanwhile (SQLite's FOR UPDATE locks nothing): one terminal event
         drop_resume_keys(session, job_id)  # sweep_files deletes them
         add_event(session, job_id, "status", "job cancelled", {"status": "cancelled"})
         report.cancelled.append(job_id)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.api.pagination import paginate
 from app.core import ids, queue
 from app.core.config import Settings
-from app.core.errors import Conflict, Invalid, NotFound
+from app.core.errors import Conflict, Invalid, NotFound, Unavailable
 from app.core.events import add_event
 from app.core.hostcache import STALE_SCRATCH_S
 from app.core.ids import new_id
@@ -29,6 +29,7 @@ from app.core.models import (
     owned,
     utcnow,
 )
+from app.core.reaper import drop_resume_keys
 from app.core.storage import Storage
 from app.jobs import plots
 from app.jobs.schemas import JobCreate
@@ -212,27 +213,37 @@ def list_(
 
 
 def cancel(session: Session, tenant: str, job_id: str) -> Job:
-    """Queued jobs end now; running ones get a flag their training loop polls."""
+    """Queued jobs end now; running ones get a flag their training loop polls.
+
+    A job can move between the two meanwhile (a worker hands it back, the reaper requeues
+    it): then the status it has now decides, so such a job is never answered 409.
+    """
     job = get(session, tenant, job_id)
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.cancelled, finished_at=utcnow(), cancel_requested=True)
-    )
-    if done.rowcount:
-        add_event(session, job_id, "status", "job cancelled while queued", {"status": "cancelled"})
-        session.commit()
-    else:
-        flagged = session.execute(
+    for _ in range(5):
+        if session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued)
+            .values(status=JobStatus.cancelled, finished_at=utcnow(), cancel_requested=True)
+        ).rowcount:
+            # An earlier attempt's optimiser state is never resumed now (sweep_files frees it).
+            drop_resume_keys(session, job_id)
+            add_event(
+                session, job_id, "status", "job cancelled while queued", {"status": "cancelled"}
+            )
+            break
+        if session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.running)
             .values(cancel_requested=True)
-        )
-        if not flagged.rowcount:
-            session.rollback()
-            session.refresh(job)  # it may have ended since it was read
+        ).rowcount:
+            break
+        session.rollback()
+        session.refresh(job)  # it may have ended, or moved, since it was read
+        if job.status not in (JobStatus.queued, JobStatus.running):
             raise Conflict(f"job {job_id} is already {job.status}", code="job_not_cancellable")
-        session.commit()
+    else:
+        raise Unavailable("the job kept changing state; try again")  # not seen in practice
+    session.commit()
     session.refresh(job)
     return job
 

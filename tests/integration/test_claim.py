@@ -5,6 +5,7 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,62 @@ def test_the_reaper_ends_a_queued_job_whose_cancel_was_asked(
     assert job.id in report.cancelled and job.id not in report.resent
     db_session.refresh(job)
     assert job.status == "cancelled" and job.finished_at is not None
+
+
+def _checkpoint(job_id: str, resume_key: str) -> Checkpoint:
+    return Checkpoint(
+        id=new_id("ckpt"),
+        tenant_id=LOCAL_TENANT,
+        job_id=job_id,
+        epoch=1,
+        metrics={},
+        size_bytes=1,
+        sha256="0" * 64,
+        storage_key=f"jobs/{job_id}/checkpoints/epoch-0001-a1.safetensors",
+        resume_key=resume_key,
+    )
+
+
+def test_a_cancel_of_a_queued_job_lets_its_optimiser_state_go(pg_url: str) -> None:
+    """A job handed back after some epochs (a deploy, a crash) waits queued with its
+    optimiser state named; cancelled there, it never resumes, so nothing may keep naming the
+    state (the sweep of unnamed files frees it): it used to stay forever."""
+    with committed_job(pg_url) as (sessions, job), sessions() as session:
+        session.add(_checkpoint(job.id, f"jobs/{job.id}/state/epoch-0001-a1.safetensors"))
+        session.commit()
+        assert cancel(session, LOCAL_TENANT, job.id).status == JobStatus.cancelled
+        stmt = select(Checkpoint.resume_key).where(Checkpoint.job_id == job.id)
+        assert session.scalar(stmt) is None
+
+
+def test_a_cancel_racing_a_requeue_cancels_the_job(pg_url: str) -> None:
+    """The reaper requeues a running job whose lease lapsed while a cancel is under way: the
+    cancel's 'running' update waits on the reaper's row lock and then matches nothing. It
+    used to answer 409 'already queued', and the job resumed and ran to the end."""
+    with committed_job(pg_url) as (sessions, job):
+        with sessions() as session:
+            session.execute(
+                update(Job).where(Job.id == job.id).values(status=JobStatus.running, attempts=1)
+            )
+            session.commit()
+        with ThreadPoolExecutor(1) as pool, sessions() as reaper:  # the lock goes first
+            reaper.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+
+            def cancelled() -> str:
+                with sessions() as session:
+                    return str(cancel(session, LOCAL_TENANT, job.id).status)
+
+            answer = pool.submit(cancelled)
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE job SET cancel_requested%'"
+            )
+
+            def blocked() -> int:  # pg_stat_activity is read once per transaction: a new one
+                with sessions() as probe:
+                    return probe.scalar(waiting)
+
+            wait_for(blocked, timeout=10, what="the cancel waiting on the reaper's lock")
+            reaper.execute(update(Job).where(Job.id == job.id).values(status=JobStatus.queued))
+            reaper.commit()
+            assert answer.result(10) == "cancelled"
