@@ -13,6 +13,9 @@ def _figure():  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
+    # Class names are the user's folder names: "$" in one would be parsed as mathtext, and
+    # an unbalanced one made saving the figure raise (a 500). They are text, shown as is.
+    matplotlib.rcParams["text.parse_math"] = False
     from matplotlib.figure import Figure
 
     return Figure
