@@ -13,6 +13,7 @@ from app.core.config import Settings
 from app.core.hostcache import decoded_entry
 from app.core.models import Dataset, Job, Model
 from app.core.storage import Storage, host_cache, sha256_file
+from worker.training.backbones import input_normalisation
 from worker.training.data import (
     ImageSet,
     TrainData,
@@ -91,11 +92,15 @@ def build_spec(
 
     A weights file from the host cache is held in `holds` (the caller's: until training ends).
     """
+    init = _init_weights(session, storage, job.spec, dataset.classes, holds)
+    mean, std = input_normalisation(job.spec["backbone"], init)
     return TrainSpec(
         backbone=job.spec["backbone"],
         classes=tuple(dataset.classes),
-        init=_init_weights(session, storage, job.spec, dataset.classes, holds),
+        init=init,
         device=settings.device,
+        mean=mean,
+        std=std,
         **{name: job.spec[name] for name in SPEC_FIELDS if name in job.spec},
     )
 

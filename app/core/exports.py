@@ -40,15 +40,22 @@ class ExportFailed(AppError):
     code = "export_failed"
 
 
-def describe(model: Model) -> dict[str, Any]:
-    """What a user needs besides the network: labels and preprocessing."""
+def describe(model: Model, weights: Path) -> dict[str, Any]:
+    """What a user needs besides the network: labels and preprocessing.
+
+    The mean and std are the weights file's own (GoogLeNet and Inception v3 started from
+    torchvision's weights train on [-1, 1] pixels, not ImageNet's normalisation)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as fh:
+        meta = fh.metadata() or {}
     return {
         "classes": model.classes,
         "image_size": model.image_size,
         "backbone": model.backbone,
         "preprocessing": "RGB, resize to image_size², scale to [0, 1], normalise with mean/std",
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
+        "mean": json.loads(meta.get("mean", "[0.485, 0.456, 0.406]")),
+        "std": json.loads(meta.get("std", "[0.229, 0.224, 0.225]")),
     }
 
 
@@ -156,14 +163,15 @@ def stored_record(model: Model, storage: Storage, fmt: str) -> dict[str, Any] | 
 def _build(model: Model, storage: Storage, fmt: str) -> dict[str, Any]:
     import torch
 
-    net = _torch_model(storage.local(model.storage_key), model)
+    weights = storage.local(model.storage_key)
+    net = _torch_model(weights, model)
     out = storage.staging() / f"{model.id}-{uuid.uuid4().hex}.{FORMATS[fmt]}"
     size = model.image_size
     sample = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     writer = _write_onnx if fmt == "onnx" else _write_torchscript
     try:
         try:
-            run = writer(net, sample, out, describe(model))
+            run = writer(net, sample, out, describe(model, weights))
             probe = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(1))
             with torch.inference_mode():
                 expected = net(probe).numpy()

@@ -1,18 +1,48 @@
 """build_model(spec): torchvision backbone, its head sized for the dataset, freezing policy."""
 
+import json
 from dataclasses import dataclass
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 from torchvision import models
 
-from worker.training.spec import InitWeights, TrainSpec
+from worker.training.spec import IMAGENET_MEAN, IMAGENET_STD, InitWeights, TrainSpec
 
 # Fewer top-level blocks than this and the biggest one is split into its children, so that
 # `partial` has useful granularity on models like EfficientNet (one big `features`).
 MIN_BLOCKS = 4
 AUXILIARY = ("aux1.", "aux2.", "AuxLogits.")  # GoogLeNet's and Inception v3's extra heads
+# Each auxiliary head and the block whose output it reads: not a block of the body (it
+# feeds only a training loss), it trains when that block does.
+AUX_SOURCES = {"aux1": "inception4a", "aux2": "inception4d", "AuxLogits": "Mixed_6e"}
+
+
+# Weights ported from TensorFlow expect pixels scaled to [-1, 1]: torchvision builds these
+# backbones with `transform_input=True` when it loads them, turning ImageNet-normalised input
+# into that. A model built without weights has no such step, and the weights file this
+# service writes must load into a plain `get_model(backbone, weights=None)`: so these train
+# (and serve, from the file's metadata) with the normalisation they expect instead.
+TF_RANGE_WEIGHTS = frozenset({"googlenet", "inception_v3"})
+TF_RANGE = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def input_normalisation(
+    backbone: str, init: InitWeights
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) the starting weights expect of [0, 1] pixels."""
+    if init.source == "torchvision" and backbone in TF_RANGE_WEIGHTS:
+        return TF_RANGE
+    if init.source == "file":  # an earlier model of this service: what it was trained with
+        assert init.path is not None
+        with safe_open(init.path, framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if "mean" in meta and "std" in meta:
+            mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+            return (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def find_head(model: nn.Module, num_classes: int) -> str:
@@ -83,8 +113,8 @@ def _blocks(model: nn.Module, head: nn.Module) -> list[nn.Module]:
 
     def children(module: nn.Module) -> list[nn.Module]:
         out: list[nn.Module] = []
-        for child in module.children():
-            if child is head or not any(True for _ in child.parameters()):
+        for name, child in module.named_children():
+            if child is head or name in AUX_SOURCES or not any(True for _ in child.parameters()):
                 continue
             out.extend(children(child) if _contains(child, head) else [child])
         return out
@@ -108,6 +138,11 @@ def apply_strategy(model: nn.Module, head_name: str, spec: TrainSpec) -> Freezin
     blocks = _blocks(model, head)
     keep = 0 if spec.strategy == "linear_probe" else min(spec.trainable_layers, len(blocks))
     trainable = [*blocks[len(blocks) - keep :], head]
+    for aux, source in AUX_SOURCES.items():
+        if hasattr(model, aux) and hasattr(model, source):
+            fed = model.get_submodule(source)
+            if any(_contains(t, fed) or _contains(fed, t) for t in trainable[:-1]):
+                trainable.append(model.get_submodule(aux))
     for param in model.parameters():
         param.requires_grad_(False)
     for module in trainable:

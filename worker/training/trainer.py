@@ -112,11 +112,17 @@ def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
+# The auxiliary heads' outputs in train mode, weighted as their papers train them:
+# Inception v3's one at 0.4, GoogLeNet's two at 0.3 each.
+AUX_WEIGHTS = {"aux_logits": 0.4, "aux_logits1": 0.3, "aux_logits2": 0.3}
+
+
 def _loss(out: Any, target: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
     loss = criterion(_logits(out), target)
-    aux = getattr(out, "aux_logits", None)  # Inception/GoogLeNet auxiliary heads in train mode
-    if isinstance(aux, torch.Tensor):
-        loss = loss + 0.4 * criterion(aux, target)
+    for name, weight in AUX_WEIGHTS.items():
+        aux = getattr(out, name, None)
+        if isinstance(aux, torch.Tensor):
+            loss = loss + weight * criterion(aux, target)
     return loss
 
 

@@ -3,6 +3,7 @@
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,9 +11,11 @@ from safetensors.torch import load_file
 from torchvision import models
 
 from app.core import registry
-from worker.training.backbones import build_model
+from app.core.exports import describe
+from worker.training.backbones import build_model, input_normalisation
 from worker.training.checkpoint import read_metadata, save_weights, weights_metadata
-from worker.training.spec import InitWeights, TrainSpec
+from worker.training.spec import IMAGENET_MEAN, IMAGENET_STD, InitWeights, TrainSpec
+from worker.training.trainer import _loss
 
 CLASSES = ("cat", "dog", "eel")
 
@@ -125,3 +128,52 @@ def test_weights_of_another_backbone_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="do not fit"):
         build_model(spec)
+
+
+def test_googlenet_trains_its_auxiliary_heads_with_the_blocks_they_read() -> None:
+    """`partial` counts the body's blocks; GoogLeNet's auxiliary heads are none of them. They
+    were counted as its last two 'blocks', so trainable_layers=1 trained only aux2 and fc."""
+    spec = TrainSpec(backbone="googlenet", classes=CLASSES, strategy="partial")
+    model, freezing = build_model(spec)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"inception5b", "fc"} and freezing.total_blocks == 12
+    model, _ = build_model(TrainSpec(**{**spec.__dict__, "trainable_layers": 4}))
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"inception4d", "aux2", "inception4e", "inception5a", "inception5b", "fc"}
+
+
+def test_the_auxiliary_losses_of_googlenet_and_inception_count() -> None:
+    # GoogLeNet names its auxiliary outputs aux_logits1/2, not aux_logits: they were dropped.
+    criterion = torch.nn.CrossEntropyLoss()
+    target = torch.tensor([0, 2])
+    for backbone, size, weights in (("googlenet", 64, (0.3, 0.3)), ("inception_v3", 299, (0.4,))):
+        torch.manual_seed(0)
+        model, _ = build_model(TrainSpec(backbone=backbone, classes=CLASSES))
+        out = model.train()(torch.rand(2, 3, size, size))
+        auxes = [v for k, v in out._asdict().items() if k != "logits" and v is not None]
+        expected = criterion(out.logits, target) + sum(
+            w * criterion(a, target) for w, a in zip(weights, auxes, strict=True)
+        )
+        assert torch.allclose(_loss(out, target, criterion), expected)
+
+
+def test_tf_ported_weights_train_and_serve_on_their_own_input_range(tmp_path: Path) -> None:
+    """torchvision feeds GoogLeNet's and Inception v3's ImageNet weights [-1, 1] pixels
+    (transform_input, only when it loads them itself); the file this service writes loads
+    into a model without that step, so the normalisation carries it instead: the same input
+    the weights were trained on, in training, in predict and in exports."""
+    tv = InitWeights(source="torchvision", name="GoogLeNet_Weights.IMAGENET1K_V1")
+    half = ((0.5,) * 3, (0.5,) * 3)
+    assert input_normalisation("googlenet", tv) == half
+    assert input_normalisation("resnet18", InitWeights(source="torchvision", name="x")) == (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
+    assert input_normalisation("googlenet", InitWeights()) == (IMAGENET_MEAN, IMAGENET_STD)
+    spec = TrainSpec(backbone="googlenet", classes=CLASSES, mean=half[0], std=half[1])
+    path = tmp_path / "earlier.safetensors"
+    save_weights(path, {"w": torch.zeros(1)}, weights_metadata(spec, job_id="j", epoch=1))
+    assert input_normalisation("googlenet", InitWeights(source="file", path=str(path))) == half
+    row = SimpleNamespace(classes=list(CLASSES), image_size=32, backbone="googlenet")
+    info = describe(row, path)  # type: ignore[arg-type]
+    assert (info["mean"], info["std"]) == ([0.5] * 3, [0.5] * 3)
