@@ -338,3 +338,19 @@ def test_macro_averages_skip_classes_that_never_occur() -> None:
     out = report(confusion, ["a", "b", "c", "d"], "val", top5=1.0)
     assert macro_f1(confusion) == out["macro_f1"] == out["macro_recall"] == 1.0
     assert out["per_class"]["d"]["support"] == 0
+
+
+def test_micro_batches_split_a_batch_into_near_equal_parts(small_data) -> None:  # type: ignore[no-untyped-def]
+    # 20 in micro-batches of 8 was 8, 8 and 4; 65 in 32s left one image alone, which
+    # BatchNorm refuses on a 1×1 feature map: the job then failed instead of going on.
+    class Sizes(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def on_batch(self, size):  # type: ignore[no-untyped-def]
+            self.sizes.append(size)
+
+    rec = Sizes()
+    fit(spec(epochs=1, batch_size=20), small_data, rec, micro_batch=8)
+    assert rec.sizes[:3] == [7, 7, 6] and set(rec.sizes) == {6, 7}
