@@ -110,7 +110,10 @@ def restore(trainer: Trainer, state: ResumeState) -> None:
     for key, value in state.tensors.items():
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
-            optim_state.setdefault(int(index), {})[name] = value.to(trainer.device)
+            # As saved (on the CPU): load_state_dict moves each tensor where its parameter
+            # is, except the step counts, which stay on the CPU as a fresh optimiser keeps
+            # them; moved to a GPU, Adam read each one back every step (a host sync each).
+            optim_state.setdefault(int(index), {})[name] = value
     for index, scalars in state.meta["optimizer_scalars"].items():
         optim_state.setdefault(int(index), {}).update(scalars)
     trainer.optimizer.load_state_dict(
