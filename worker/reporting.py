@@ -114,14 +114,18 @@ class DatabaseReporter(FitCallbacks):
 
         retrying(attempt)
 
-    def on_start(self, info: dict[str, Any]) -> None:
-        message = f"training on {info['device']} in {info['precision']}"
+    def event(self, kind: str, message: str, data: dict[str, Any]) -> None:
+        """Add an event to the job, if this attempt still owns it (else stop the attempt)."""
 
         def change(session: Session) -> None:
             self._fenced(session, lease_expires_at=self.lease.expiry())
-            add_event(session, self.job_id, "status", message, {"status": "running", **info})
+            add_event(session, self.job_id, kind, message, data)
 
         self.write(change)
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        message = f"training on {info['device']} in {info['precision']}"
+        self.event("status", message, {"status": "running", **info})
 
     def on_batch(self, size: int) -> None:
         self.faults.before_batch(size)

@@ -1,6 +1,7 @@
 """Run one attempt of a job: claim it, resume it, fit, and record exactly one outcome."""
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -369,6 +370,8 @@ def _train_holding(
     )
     micro: int | None = None
     while True:
+        if micro is not None:
+            _free_device_memory()
         with lease.sessions() as session:
             resume = _resume_state(session, storage, lease.job_id)
         if micro is None and resume is not None:
@@ -389,15 +392,12 @@ def _train_holding(
             micro = (micro or spec.batch_size) // 2
             if micro < 1:
                 raise JobFailure("out_of_memory", "out of memory even with a batch of 1") from None
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
             text = (
                 f"out of memory: retrying from the last checkpoint with micro-batches of {micro} "
                 f"and gradient accumulation (effective batch {spec.batch_size})"
             )
-            warning = {"code": "out_of_memory", "micro_batch": micro}
-            reporter.write(lambda s, t=text, w=warning: add_event(s, lease.job_id, "warning", t, w))
-            continue
+            reporter.event("warning", text, {"code": "out_of_memory", "micro_batch": micro})
+            continue  # memory is freed at the loop's top: this handler's traceback holds it
         except TrainingDiverged as exc:
             reporter.flush()  # the finite epochs before it stay, with their checkpoints
             raise JobFailure("training_diverged", str(exc)) from None
@@ -414,6 +414,14 @@ def _train_holding(
             except Exception:  # exports are also made on demand by the API
                 log.warning("could not enqueue the exports of %s", model_id, exc_info=True)
         return
+
+
+def _free_device_memory() -> None:
+    """Give the GPU memory of a failed try back, so the retry's placement sees it free
+    (DeviceBatches keeps a dataset on the device only when it fits)."""
+    if torch.cuda.is_available():
+        gc.collect()  # the failed try's model and batches, if caught in a cycle
+        torch.cuda.empty_cache()
 
 
 def run_job(settings: Settings, job_id: str) -> None:
