@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -219,6 +219,41 @@ def _resume_state(session: Session, storage: Storage, job_id: str) -> ResumeStat
     return load_state(storage.local(last.resume_key), lambda epoch: storage.local(keys[epoch]))
 
 
+def _start_afresh(lease: Lease, storage: Storage) -> None:
+    """Drop the checkpoints of earlier epochs when training must start at epoch 1 anyway.
+
+    An attempt resumes from the last epoch's optimiser state; when that file is not in
+    storage (a lifecycle rule deleted it, workers that do not share one store), it starts
+    over, and its epoch 1 would collide with the row of the earlier epoch 1: the job failed
+    with a database error. Their rows and files go, with a warning saying why.
+    """
+    stale: list[str] = []
+
+    def write() -> None:
+        with lease.transaction() as session:
+            stmt = select(Checkpoint.storage_key, Checkpoint.resume_key).where(
+                Checkpoint.job_id == lease.job_id
+            )
+            rows = session.execute(stmt).all()
+            if not rows:
+                return
+            if not session.execute(
+                update(Job).where(*lease.fence()).values(lease_expires_at=lease.expiry())
+            ).rowcount:
+                raise AttemptInterrupted("lease_lost")
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == lease.job_id))
+            message = (
+                f"the optimiser state of the last of {len(rows)} saved epochs is not in storage: "
+                "training starts again from epoch 1, and their checkpoints are dropped"
+            )
+            add_event(session, lease.job_id, "warning", message, {"code": "resume_state_missing"})
+            session.commit()
+            stale[:] = [key for row in rows for key in row if key]
+
+    retrying(write)
+    discard(storage, *stale)
+
+
 def _record_success(
     lease: Lease, storage: Storage, spec: TrainSpec, result: FitResult, reporter: DatabaseReporter
 ) -> str | None:
@@ -374,6 +409,8 @@ def _train_holding(
             _free_device_memory()
         with lease.sessions() as session:
             resume = _resume_state(session, storage, lease.job_id)
+        if resume is None:
+            _start_afresh(lease, storage)
         if micro is None and resume is not None:
             micro = resume.meta.get("micro_batch")
         reporter = DatabaseReporter(

@@ -313,3 +313,38 @@ def test_a_cancel_racing_a_requeue_cancels_the_job(pg_url: str) -> None:
             reaper.execute(update(Job).where(Job.id == job.id).values(status=JobStatus.queued))
             reaper.commit()
             assert answer.result(10) == "cancelled"
+
+
+def test_an_attempt_whose_resume_state_is_gone_starts_afresh(pg_url: str, tmp_path: Path) -> None:
+    """The last epoch's optimiser state is not in storage: the attempt trains from epoch 1,
+    so the earlier epochs' rows and files go (its epoch 1 collided with theirs: the job
+    failed on the database's unique key), and a warning says why."""
+    settings = Settings(data_dir=tmp_path, database_url=pg_url)
+    storage = get_storage(settings)
+    with committed_job(pg_url) as (sessions, job):
+        with sessions() as session:
+            assert claim(session, settings, job.id) == 1
+            weights = []
+            for epoch in (1, 2):
+                staged = tmp_path / f"{epoch}.safetensors"
+                staged.write_bytes(b"weights")
+                weights.append(f"jobs/{job.id}/checkpoints/epoch-000{epoch}-a1.safetensors")
+                storage.put_file(staged, weights[-1])
+                row = _checkpoint(job.id, f"jobs/{job.id}/state/epoch-000{epoch}-a1.safetensors")
+                row.epoch, row.storage_key = epoch, weights[-1]
+                row.resume_key = row.resume_key if epoch == 2 else None
+                session.add(row)
+            session.commit()
+            assert runner._resume_state(session, storage, job.id) is None  # its file is gone
+        runner._start_afresh(Lease(sessions, job.id, 1, 60), storage)
+        with sessions() as session:
+            assert session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job.id)) is None
+            warned = session.scalars(
+                select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.type == "warning")
+            ).all()
+            assert [w["code"] for w in warned] == ["resume_state_missing"]
+        assert not [key for key in weights if storage.exists(key)]
+        runner._start_afresh(Lease(sessions, job.id, 1, 60), storage)  # nothing left: no-op
+        with sessions() as session:
+            stmt = select(JobEvent.id).where(JobEvent.job_id == job.id, JobEvent.type == "warning")
+            assert len(session.scalars(stmt).all()) == 1
