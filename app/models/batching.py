@@ -108,9 +108,14 @@ class MicroBatcher:
         assert self.forward is not None
         try:
             probs = self.forward(np.concatenate([r.images for r in batch]))
-        except Exception as exc:  # every request of the batch learns of the failure
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].done.set_exception(exc)
+                return
+            # The shared pass failed (out of memory for the whole batch, one request's odd
+            # input): each request is run alone, so that only one that fails alone fails.
             for r in batch:
-                r.done.set_exception(exc)
+                self._answer([r])
             return
         self.batches += 1
         start = 0

@@ -65,6 +65,32 @@ def test_a_failed_forward_reaches_every_waiting_request() -> None:
     batcher.close()
 
 
+def test_a_shared_forward_that_fails_is_retried_per_request() -> None:
+    """Out of memory for the batch of all, say: the requests that fit alone are answered,
+    and only the one that fails alone learns of it. (Every request of the batch failed.)"""
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def limited(x: np.ndarray) -> np.ndarray:
+        assert gate.wait(5)
+        if len(x) > 4:
+            raise RuntimeError("out of memory")
+        return _forward(calls, 0)(x)
+
+    batcher = MicroBatcher(limited, max_batch=16, max_wait_s=0.0, queue_size=10)
+    first = batcher.submit(_images(1))  # alone: its forward waits for the gate
+    time.sleep(0.05)
+    small = [batcher.submit(_images(2, float(i))) for i in range(3)]
+    big = batcher.submit(_images(5))
+    gate.set()
+    assert first.result(5).shape == (1, 1)
+    assert [f.result(5)[0, 0] for f in small] == [0.0, 12.0, 24.0]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        big.result(5)
+    assert calls == [1, 2, 2, 2], calls
+    batcher.close()
+
+
 def test_a_full_queue_refuses_at_once_and_a_withdrawn_request_is_skipped() -> None:
     gate = threading.Event()
     calls: list[int] = []
