@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     predict_batching: bool = Field(True, description="Share forward passes across requests.")
     predict_max_batch: int = Field(64, ge=1, description="Images in one shared forward pass.")
     predict_max_wait_ms: float = Field(5.0, ge=0, description="Wait for company after a request.")
-    predict_queue_size: int = Field(256, ge=1, description="Waiting requests before 503.")
+    predict_queue_size: int = Field(
+        256, ge=1, description="Images of waiting predict requests (per model) before 503."
+    )
     predict_precision: str = Field(
         "auto",
         pattern="^(auto|fp32)$",

@@ -4,8 +4,8 @@ One batcher thread per loaded model gathers the images of concurrent requests (u
 `max_batch` images, waiting at most `max_wait_s` after the first), runs a single forward
 pass and hands each request its rows. Requests wait on a future, not on a thread: the API
 awaits it on its event loop, so waiting requests hold none of the thread pool that every
-other route needs. The queue is bounded: when it is full a request is refused at once (503)
-instead of piling up latency.
+other route needs. The queue is bounded in images, which is its memory: when it is full a
+request is refused at once (503) instead of piling up latency.
 """
 
 import queue
@@ -44,7 +44,9 @@ class MicroBatcher:
         # stop signal must never wait for room behind the requests it follows.
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._state = threading.Lock()
-        self._waiting = 0  # requests in the queue, not yet taken into a batch
+        # Images in the queue, not yet taken into a batch: what the queue's memory is (a
+        # request may send up to FINETUNE_MAX_PREDICT_FILES images, each 3·S² floats).
+        self._waiting = 0
         self._closed = False
         self.batches = 0  # forward passes run, for tests and metrics
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
@@ -60,9 +62,10 @@ class MicroBatcher:
         with self._state:
             if self._closed:
                 raise Closed
-            if self._waiting >= self.queue_size:
+            # A request larger than the whole queue still runs when it finds the queue empty.
+            if self._waiting and self._waiting + len(images) > self.queue_size:
                 raise Unavailable("prediction queue is full; retry shortly", code="overloaded")
-            self._waiting += 1
+            self._waiting += len(images)
             self._queue.put(request)
         return request.done
 
@@ -76,7 +79,7 @@ class MicroBatcher:
     def _take(self, item: _Request) -> _Request | None:
         """`item`, now leaving the queue; None if its caller withdrew it."""
         with self._state:
-            self._waiting -= 1
+            self._waiting -= len(item.images)
         return item if item.done.set_running_or_notify_cancel() else None
 
     def _gather(self, first: _Request) -> tuple[list[_Request], _Request | None, bool]:

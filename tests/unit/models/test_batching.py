@@ -77,7 +77,7 @@ def test_a_shared_forward_that_fails_is_retried_per_request() -> None:
             raise RuntimeError("out of memory")
         return _forward(calls, 0)(x)
 
-    batcher = MicroBatcher(limited, max_batch=16, max_wait_s=0.0, queue_size=10)
+    batcher = MicroBatcher(limited, max_batch=16, max_wait_s=0.0, queue_size=16)
     first = batcher.submit(_images(1))  # alone: its forward waits for the gate
     time.sleep(0.05)
     small = [batcher.submit(_images(2, float(i))) for i in range(3)]
@@ -109,6 +109,27 @@ def test_a_full_queue_refuses_at_once_and_a_withdrawn_request_is_skipped() -> No
     gate.set()
     assert first.result(5).shape == (1, 1) and second.result(5).shape == (1, 1)
     assert calls == [1, 1]  # the withdrawn request never reached the model
+    batcher.close()
+
+
+def test_the_queue_is_bounded_in_images_not_requests() -> None:
+    """Its memory is its images: 256 requests of 64 images each queued 16384 of them (10 GB
+    of float32 at 224 px) under a bound meant as 256. A request larger than the bound still
+    runs when it finds the queue empty."""
+    gate = threading.Event()
+    calls: list[int] = []
+    batcher = MicroBatcher(
+        lambda x: gate.wait(5) and _forward(calls, 0)(x), 64, max_wait_s=0.0, queue_size=4
+    )
+    first = batcher.submit(_images(1))  # taken at once; its forward waits for the gate
+    time.sleep(0.05)
+    three = batcher.submit(_images(3))
+    with pytest.raises(Unavailable):
+        batcher.submit(_images(2))
+    one = batcher.submit(_images(1))
+    gate.set()
+    assert [len(f.result(5)) for f in (first, three, one)] == [1, 3, 1]
+    assert len(batcher.submit(_images(10)).result(5)) == 10
     batcher.close()
 
 
