@@ -137,6 +137,10 @@ def apply_strategy(model: nn.Module, head_name: str, spec: TrainSpec) -> Freezin
         return Freezing(frozen=[], trainable_blocks=0, total_blocks=0, head=head_name)
     blocks = _blocks(model, head)
     keep = 0 if spec.strategy == "linear_probe" else min(spec.trainable_layers, len(blocks))
+    if keep == len(blocks):
+        # Every block: the whole network, including parameters that sit on a container
+        # rather than in a block (a ViT's class token and position embedding).
+        return Freezing(frozen=[], trainable_blocks=keep, total_blocks=keep, head=head_name)
     trainable = [*blocks[len(blocks) - keep :], head]
     for aux, source in AUX_SOURCES.items():
         if hasattr(model, aux) and hasattr(model, source):

@@ -177,3 +177,14 @@ def test_tf_ported_weights_train_and_serve_on_their_own_input_range(tmp_path: Pa
     row = SimpleNamespace(classes=list(CLASSES), image_size=32, backbone="googlenet")
     info = describe(row, path)  # type: ignore[arg-type]
     assert (info["mean"], info["std"]) == ([0.5] * 3, [0.5] * 3)
+
+
+def test_partial_with_every_block_trains_the_whole_network() -> None:
+    # A ViT's class token and position embedding belong to no block: they stayed frozen
+    # even with trainable_layers covering every block.
+    spec = TrainSpec(backbone="vit_b_16", classes=CLASSES, strategy="partial")
+    model, freezing = build_model(TrainSpec(**{**spec.__dict__, "trainable_layers": 99}))
+    assert all(p.requires_grad for p in model.parameters()) and not freezing.frozen
+    assert freezing.trainable_blocks == freezing.total_blocks > 1
+    model, _ = build_model(TrainSpec(**{**spec.__dict__, "trainable_layers": 2}))
+    assert not model.class_token.requires_grad and model.heads.head.weight.requires_grad
