@@ -60,6 +60,7 @@ def _init_weights(
     spec: dict[str, Any],
     classes: list[str],
     holds: contextlib.ExitStack,
+    download: bool,
 ) -> InitWeights:
     weights = spec["weights"]
     if weights is None:
@@ -73,6 +74,12 @@ def _init_weights(
             raise JobFailure("weights_corrupt", f"the weights file of model {model.id} was altered")
         return InitWeights(source="file", path=str(path), keep_head=model.classes == classes)
     resolved = registry.resolve_weights(spec["backbone"], weights)
+    if not resolved.present and download:
+        try:
+            registry.download(resolved)
+        except Exception as exc:  # no route, an HTTP error, a file that fails its hash
+            why = f"{resolved.name}: downloading {resolved.url} failed: {type(exc).__name__}: {exc}"
+            raise JobFailure("weights_unavailable", why[:500]) from None
     if not resolved.present:
         raise JobFailure(
             "weights_unavailable", f"{resolved.name} needs {resolved.path} ({resolved.url})"
@@ -92,7 +99,9 @@ def build_spec(
 
     A weights file from the host cache is held in `holds` (the caller's: until training ends).
     """
-    init = _init_weights(session, storage, job.spec, dataset.classes, holds)
+    init = _init_weights(
+        session, storage, job.spec, dataset.classes, holds, settings.weights_download
+    )
     mean, std = input_normalisation(job.spec["backbone"], init)
     return TrainSpec(
         backbone=job.spec["backbone"],

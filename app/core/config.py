@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     predict_batching: bool = Field(True, description="Share forward passes across requests.")
     predict_max_batch: int = Field(64, ge=1, description="Images in one shared forward pass.")
     predict_max_wait_ms: float = Field(5.0, ge=0, description="Wait for company after a request.")
+    weights_download: bool = Field(
+        True,
+        description="Download a torchvision weights file missing from TORCH_HOME when its URL "
+        "answers (checked at submit, fetched by the worker); false refuses such jobs "
+        "(air-gapped GPU nodes).",
+    )
     predict_queue_size: int = Field(
         256, ge=1, description="Images of waiting predict requests (per model) before 503."
     )

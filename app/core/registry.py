@@ -30,6 +30,37 @@ class ResolvedWeights:
         return os.path.exists(self.path)
 
 
+def unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why `url` cannot be downloaded from here (no route, no such host, an HTTP error), or
+    None when it answers: a HEAD request, so nothing is fetched."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as exc:
+        return f"{url} answered {exc.code}"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"{url} is out of reach ({reason})"
+
+
+def download(resolved: ResolvedWeights) -> None:
+    """Fetch a weights file into torch.hub's cache (TORCH_HOME), as torchvision would.
+
+    The file's name carries a prefix of its sha256, which is checked; it is written under a
+    temporary name and renamed, so a concurrent reader never sees half a file.
+    """
+    import torch
+
+    match = torch.hub.HASH_REGEX.search(os.path.basename(resolved.path))
+    os.makedirs(os.path.dirname(resolved.path), exist_ok=True)
+    torch.hub.download_url_to_file(
+        resolved.url, resolved.path, hash_prefix=match.group(1) if match else None, progress=False
+    )
+
+
 @lru_cache(maxsize=1)
 def backbone_names() -> frozenset[str]:
     """Every torchvision classification model name."""

@@ -76,7 +76,7 @@ def create(
     if idempotency_key and (job := _by_idempotency_key(session, tenant, idempotency_key, digest)):
         return job, False
     admit()
-    check_spec(session, tenant, spec)
+    check_spec(session, tenant, spec, download=settings.weights_download)
     job = Job(
         id=new_id(ids.JOB),
         tenant_id=tenant,
@@ -100,7 +100,7 @@ def create(
         existing = idempotency_key and _by_idempotency_key(session, tenant, idempotency_key, digest)
         if existing:
             return existing, False
-        check_spec(session, tenant, spec)
+        check_spec(session, tenant, spec, download=settings.weights_download)
         raise
     try:
         queue.enqueue(settings, job.id)

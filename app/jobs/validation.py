@@ -12,8 +12,12 @@ def _invalid(field: str, message: str, code: str) -> Invalid:
     return Invalid(message, code=code, errors=[field_error(f"body.{field}", message)])
 
 
-def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
-    """Raise a 422 naming the field for anything the worker could not run; return the dataset."""
+def check_spec(session: Session, tenant: str, spec: JobCreate, *, download: bool) -> Dataset:
+    """Raise a 422 naming the field for anything the worker could not run; return the dataset.
+
+    `download`: a torchvision weights file missing from the cache is accepted when its URL
+    answers (the worker fetches it); else, or when its URL does not answer, it is refused.
+    """
     dataset = owned(session, Dataset, tenant, spec.dataset_id)
     if dataset is None:
         raise _invalid(
@@ -67,13 +71,15 @@ def check_spec(session: Session, tenant: str, spec: JobCreate) -> Dataset:
         if (problem := registry.weights_problem(spec.backbone, spec.weights)) is not None:
             raise _invalid("weights", problem, "weights_unsupported")
         if not resolved.present:
-            raise _invalid(
-                "weights",
-                f"{resolved.name} is not in the local cache and cannot be downloaded here: put "
-                f"{resolved.url} at {resolved.path} (TORCH_HOME), or use weights null or "
-                f'{{"model_id": …}}',
-                "weights_unavailable",
-            )
+            why = "downloads are off" if not download else registry.unreachable(resolved.url)
+            if why is not None:
+                raise _invalid(
+                    "weights",
+                    f"{resolved.name} is not in the local cache and cannot be downloaded "
+                    f"({why}): put {resolved.url} at {resolved.path} (TORCH_HOME), or use "
+                    f'weights null or {{"model_id": …}}',
+                    "weights_unavailable",
+                )
     has_val = dataset.splits.get("val", 0) > 0
     if not has_val and spec.validation_split > 0 and min(dataset.class_counts.values()) < 2:
         raise _invalid(

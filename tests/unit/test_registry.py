@@ -1,8 +1,12 @@
 """Which input sizes a backbone takes, found on the meta device before any worker trains."""
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
 from app.core import registry
+from tests.support.webserver import serving
 
 
 def test_a_vit_takes_only_its_own_size() -> None:
@@ -47,3 +51,24 @@ def test_one_image_on_a_one_pixel_map_is_the_batch_sizes_problem() -> None:
     problem = registry.input_size_problem("resnet18", 32, batch=1)
     assert problem is not None and "more than 1 value per channel" in problem
     assert registry.input_size_problem("resnet18", 64, batch=1) is None
+
+
+def test_a_weights_file_downloads_into_torch_home_checked_against_its_hash(
+    tmp_path: Path,
+) -> None:
+    """As torchvision would fetch it: under its own name, its sha256 prefix checked, and
+    never half there. A local server stands in for download.pytorch.org."""
+    data = b"the weights"
+    good = f"resnet18-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    bad = "resnet18-00000000.pth"
+    web = tmp_path / "web"
+    web.mkdir()
+    for name in (good, bad):
+        (web / name).write_bytes(data)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    with serving(web) as base:
+        registry.download(registry.ResolvedWeights("W", str(cache / good), f"{base}/{good}"))
+        assert (cache / good).read_bytes() == data
+        with pytest.raises(RuntimeError, match="invalid hash"):
+            registry.download(registry.ResolvedWeights("W", str(cache / bad), f"{base}/{bad}"))
+    assert sorted(p.name for p in cache.iterdir()) == [good]

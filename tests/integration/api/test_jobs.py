@@ -4,9 +4,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
+from app.api.deps import get_session
 from app.core import registry
+from app.core.config import Settings
 from app.jobs.router import resume_point
+from app.main import create_app
+from tests.support.webserver import serving
 
 
 def _field(problem: dict) -> str:
@@ -86,21 +91,51 @@ def test_bad_specs_are_refused_naming_the_field(
     assert problem["title"] == "Unprocessable content"  # the same for the schema's and ours
 
 
-def test_missing_weights_file_is_refused_with_where_to_put_it(
+def test_missing_weights_are_refused_unless_they_can_be_downloaded(
     client: TestClient, dataset: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A weights file missing from TORCH_HOME is accepted when its URL answers (the worker
+    downloads it), and refused, saying where to put it, when it does not. A local server
+    stands in for download.pytorch.org, out of reach here."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    response = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": "DEFAULT"})
-    assert response.status_code == 422
-    problem = response.json()
-    expected = registry.resolve_weights("resnet18", "DEFAULT")
-    assert problem["code"] == "weights_unavailable" and expected.path in problem["detail"]
-    Path(expected.path).parent.mkdir(parents=True)
-    Path(expected.path).write_bytes(b"placeholder: the API only checks presence")
-    response = client.post(
-        "/v1/jobs", json={"dataset_id": dataset["id"], "weights": "IMAGENET1K_V1"}
-    )
-    assert response.status_code == 202, response.text
+    real = registry.resolve_weights("resnet18", "DEFAULT")
+    name = Path(real.path).name
+    (tmp_path / "web").mkdir()
+    with serving(tmp_path / "web") as web:
+        url = f"{web}/{name}"
+        monkeypatch.setattr(
+            registry,
+            "resolve_weights",
+            lambda *_: registry.ResolvedWeights(real.name, real.path, url),
+        )
+        body = {"dataset_id": dataset["id"], "weights": "DEFAULT"}
+        response = client.post("/v1/jobs", json=body)
+        assert response.status_code == 422
+        problem = response.json()
+        assert problem["code"] == "weights_unavailable" and real.path in problem["detail"]
+        assert f"{url} answered 404" in problem["detail"]
+        (tmp_path / "web" / name).write_bytes(b"weights")
+        assert client.post("/v1/jobs", json=body).status_code == 202  # the worker fetches it
+    response = client.post("/v1/jobs", json=body)  # the server is gone
+    assert response.status_code == 422 and "out of reach" in response.json()["detail"]
+    Path(real.path).parent.mkdir(parents=True)
+    Path(real.path).write_bytes(b"placeholder: the API only checks presence")
+    assert client.post("/v1/jobs", json=body).status_code == 202, response.text
+
+
+def test_downloads_off_refuse_missing_weights(
+    settings: Settings,
+    db_session: Session,
+    dataset: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    app = create_app(settings.model_copy(update={"weights_download": False}))
+    app.dependency_overrides[get_session] = lambda: db_session
+    with TestClient(app) as offline:
+        response = offline.post("/v1/jobs", json={"dataset_id": dataset["id"]})
+    assert response.status_code == 422 and "downloads are off" in response.json()["detail"]
 
 
 def test_idempotency_key_replays_or_refuses(client: TestClient, dataset: dict) -> None:
