@@ -174,10 +174,10 @@ class ModelCache:
     def _load(self, path: Path, sha256: str) -> LoadedModel:
         loaded = _load(path, sha256, self.device, self.precision)
         policy = self.batching
-        if policy.enabled:
-            loaded.batcher = MicroBatcher(
-                loaded.probabilities, policy.max_batch, policy.max_wait_s, policy.queue_size
-            )
+        # Without batching, a forward per request, still through the batcher's thread and
+        # bounded queue: waiting requests then hold no thread of the pool either.
+        batch, wait = (policy.max_batch, policy.max_wait_s) if policy.enabled else (1, 0.0)
+        loaded.batcher = MicroBatcher(loaded.probabilities, batch, wait, policy.queue_size)
         with self._lock:
             self.loads += 1
         return loaded

@@ -262,12 +262,14 @@ def _served_model(tmp_path: Path, **settings: Any) -> tuple[Settings, Model, lis
     return tuned, row, [("files", ("0.png", held[0][0], "image/png"))]
 
 
+@pytest.mark.parametrize("batching", [True, False])
 def test_waiting_predictions_fill_their_queue_not_the_thread_pool(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batching: bool
 ) -> None:
     """Requests wait for their batch on the event loop: the queue's bound answers 503 when
     reached, and other routes keep being served meanwhile. (They used to wait in the thread
-    pool: at most 40 ever reached the queue, the 503 never came, and every route stalled.)"""
+    pool: at most 40 ever reached the queue, the 503 never came, and every route stalled;
+    with batching off, there was no bound at all.)"""
     gate = threading.Event()
 
     def gated(self: LoadedModel, x: np.ndarray) -> np.ndarray:
@@ -277,7 +279,11 @@ def test_waiting_predictions_fill_their_queue_not_the_thread_pool(
     monkeypatch.setattr(LoadedModel, "probabilities", gated)
     queued = 45  # above the pool's 40 threads
     tuned, row, files = _served_model(
-        tmp_path, predict_max_batch=1, predict_max_wait_ms=0, predict_queue_size=queued
+        tmp_path,
+        predict_batching=batching,
+        predict_max_batch=1,
+        predict_max_wait_ms=0,
+        predict_queue_size=queued,
     )
     url = f"/v1/models/{row.id}/predict"
     sent = queued + 15
