@@ -116,6 +116,9 @@ class ModelCache:
         self.batching = batching or BatchPolicy()
         self._models: OrderedDict[str, Future[LoadedModel]] = OrderedDict()
         self._lock = threading.Lock()
+        # At most `size` models being fetched and loaded at once: one request each for many
+        # models not yet loaded would otherwise put them all on the device together.
+        self._loading = threading.BoundedSemaphore(size)
         self.loads = 0
 
     def get(self, model_id: str, fetch: Callable[[], Path], sha256: str) -> LoadedModel:
@@ -159,7 +162,8 @@ class ModelCache:
         self, model_id: str, entry: Future[LoadedModel], fetch: Callable[[], Path], sha256: str
     ) -> None:
         try:
-            loaded = self._load(fetch(), sha256)
+            with self._loading:
+                loaded = self._load(fetch(), sha256)
         except BaseException as exc:
             with self._lock:  # the next request tries again
                 if self._models.get(model_id) is entry:

@@ -106,18 +106,23 @@ def test_a_failed_load_is_tried_again(files: dict) -> None:
 
 
 def test_the_model_just_loaded_is_not_evicted(files: dict) -> None:
-    """Two models load at once into a cache of one: the first to finish stays until the
+    """Two models asked for at once in a cache of one: the first to finish stays until the
     second is in (it used to be evicted at once, and every request reloaded it)."""
     cache = ModelCache(1, "cpu", BatchPolicy(max_wait_s=0.0))
     gate_a, gate_b = threading.Event(), threading.Event()
     started_a, started_b = threading.Event(), threading.Event()
     with ThreadPoolExecutor(2) as pool:
         a = pool.submit(_get, cache, files, "a", gate_a, started_a)
+        assert started_a.wait(10)
         b = pool.submit(_get, cache, files, "b", gate_b, started_b)
-        assert started_a.wait(10) and started_b.wait(10)
+        for _ in range(100):  # b is claimed, waiting for a's load to end before its own
+            if "b" in cache._models:
+                break
+            threading.Event().wait(0.01)
         gate_a.set()
         loaded_a = a.result(10)
         assert _get(cache, files, "a") is loaded_a and cache.loads == 1
+        assert started_b.wait(10)
         gate_b.set()
         b.result(10)
     assert loaded_a.batcher is not None
@@ -166,3 +171,16 @@ def test_a_loader_cancelled_before_its_thread_ran_still_fills_the_entry(files: d
         return await asyncio.wait_for(cache.load("a", lambda: path, sha), 10)
 
     assert asyncio.run(scenario()).classes == ["x", "y"] and cache.loads == 1
+
+
+def test_no_more_models_load_at_once_than_the_cache_holds(files: dict) -> None:
+    # One request each for 20 new models loaded all 20 onto the device together.
+    cache = ModelCache(1, "cpu", BatchPolicy(enabled=False))
+    gate, started_a, started_b = threading.Event(), threading.Event(), threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(_get, cache, files, "a", gate, started_a)
+        assert started_a.wait(10)
+        b = pool.submit(_get, cache, files, "b", None, started_b)
+        assert not started_b.wait(0.5), "a second model loaded beside the first"
+        gate.set()
+        assert a.result(10).classes == b.result(10).classes == ["x", "y"]
