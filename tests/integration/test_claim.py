@@ -202,6 +202,20 @@ def test_two_claims_on_sqlite_cannot_both_take_a_tenants_last_slot(tmp_path: Pat
     assert first.id in running and second.id not in running
 
 
+def _checkpoint(job_id: str, resume_key: str) -> Checkpoint:
+    return Checkpoint(
+        id=new_id("ckpt"),
+        tenant_id=LOCAL_TENANT,
+        job_id=job_id,
+        epoch=1,
+        metrics={},
+        size_bytes=1,
+        sha256="0" * 64,
+        storage_key=f"jobs/{job_id}/checkpoints/epoch-0001-a1.safetensors",
+        resume_key=resume_key,
+    )
+
+
 def test_a_release_after_a_cancel_ends_the_job_cancelled(pg_url: str, tmp_path: Path) -> None:
     """SIGTERM is checked before the cancel flag: an attempt released after the user's cancel
     ends the job as cancelled (no worker would ever claim it), with its optimiser state."""
@@ -214,19 +228,7 @@ def test_a_release_after_a_cancel_ends_the_job_cancelled(pg_url: str, tmp_path: 
             state.write_bytes(b"optimiser state")
             key = f"jobs/{job.id}/state/epoch-0001-a1.safetensors"
             storage.put_file(state, key)
-            session.add(
-                Checkpoint(
-                    id=new_id("ckpt"),
-                    tenant_id=LOCAL_TENANT,
-                    job_id=job.id,
-                    epoch=1,
-                    metrics={},
-                    size_bytes=1,
-                    sha256="0" * 64,
-                    storage_key=f"jobs/{job.id}/checkpoints/epoch-0001-a1.safetensors",
-                    resume_key=key,
-                )
-            )
+            session.add(_checkpoint(job.id, key))
             session.commit()
             assert cancel(session, LOCAL_TENANT, job.id).cancel_requested
         runner._release(settings, storage, Lease(sessions, job.id, 1, 60), "shutdown")
@@ -254,20 +256,6 @@ def test_the_reaper_ends_a_queued_job_whose_cancel_was_asked(
     assert job.id in report.cancelled and job.id not in report.resent
     db_session.refresh(job)
     assert job.status == "cancelled" and job.finished_at is not None
-
-
-def _checkpoint(job_id: str, resume_key: str) -> Checkpoint:
-    return Checkpoint(
-        id=new_id("ckpt"),
-        tenant_id=LOCAL_TENANT,
-        job_id=job_id,
-        epoch=1,
-        metrics={},
-        size_bytes=1,
-        sha256="0" * 64,
-        storage_key=f"jobs/{job_id}/checkpoints/epoch-0001-a1.safetensors",
-        resume_key=resume_key,
-    )
 
 
 def test_a_cancel_of_a_queued_job_lets_its_optimiser_state_go(pg_url: str) -> None:

@@ -2,10 +2,12 @@
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -173,19 +175,32 @@ def test_requests_for_a_model_still_loading_wait_without_holding_the_thread_pool
     monkeypatch.setattr(inference, "_load", slow_load)
     tuned, row, files = _served_model(tmp_path)
     url = f"/v1/models/{row.id}/predict"
-    sent = 50  # above the pool's 40 threads
-    with TestClient(create_app(tuned)) as client, ThreadPoolExecutor(sent + 1) as pool:
+    with TestClient(create_app(tuned)) as client:
+        answered = _while_held(client, row, gate, loading, lambda: client.post(url, files=files))
+    assert {r.status_code for r in answered} == {200}
+    assert client.app.state.model_cache.loads == 1  # type: ignore[attr-defined]
+
+
+def _while_held(
+    client: TestClient,
+    row: Model,
+    gate: threading.Event,
+    held: threading.Event,
+    send: Callable[[], httpx.Response],
+) -> list[httpx.Response]:
+    """50 requests `send`, more than the pool's 40 threads, all held up by work that waits
+    for `gate` once `held` is set: another route must be answered meanwhile. Their answers."""
+    sent = 50
+    with ThreadPoolExecutor(sent + 1) as pool:
         try:
-            pending = [pool.submit(client.post, url, files=files) for _ in range(sent)]
-            assert loading.wait(30)
-            threading.Event().wait(1)  # every request has reached the wait for the load
+            pending = [pool.submit(send) for _ in range(sent)]
+            assert held.wait(30)
+            threading.Event().wait(1)  # every request has reached its wait
             other = pool.submit(client.get, f"/v1/models/{row.id}")
             assert other.result(10).status_code == 200 and not gate.is_set()
         finally:
             gate.set()
-        answered = [f.result(60) for f in pending]
-    assert {r.status_code for r in answered} == {200}
-    assert client.app.state.model_cache.loads == 1  # type: ignore[attr-defined]
+        return [f.result(60) for f in pending]
 
 
 def test_requests_waiting_for_an_export_hold_no_thread_and_share_its_build(
@@ -206,19 +221,10 @@ def test_requests_waiting_for_an_export_hold_no_thread_and_share_its_build(
     monkeypatch.setattr(exports, "_build", slow_build)
     tuned, row, _ = _served_model(tmp_path)
     url = f"/v1/models/{row.id}/content"
-    sent = 50  # above the pool's 40 threads
-    with TestClient(create_app(tuned)) as client, ThreadPoolExecutor(sent + 1) as pool:
-        try:
-            pending = [
-                pool.submit(client.get, url, params={"format": "torchscript"}) for _ in range(sent)
-            ]
-            assert building.wait(30)
-            threading.Event().wait(1)  # every request has reached the wait for the build
-            other = pool.submit(client.get, f"/v1/models/{row.id}")
-            assert other.result(10).status_code == 200 and not gate.is_set()
-        finally:
-            gate.set()
-        answered = [f.result(60) for f in pending]
+    with TestClient(create_app(tuned)) as client:
+        answered = _while_held(
+            client, row, gate, building, lambda: client.get(url, params={"format": "torchscript"})
+        )
         assert {r.status_code for r in answered} == {200}
         assert len({r.content for r in answered}) == 1 and builds == ["torchscript"]
         etag = client.get(f"/v1/models/{row.id}").json()["exports"]["torchscript"]["sha256"]
