@@ -13,6 +13,7 @@ from app.core.config import Settings
 from app.core.hostcache import decoded_entry
 from app.core.models import Dataset, Job, Model
 from app.core.storage import Storage, host_cache, sha256_file
+from worker.lease import AttemptInterrupted
 from worker.training.backbones import input_normalisation
 from worker.training.data import (
     ImageSet,
@@ -22,6 +23,7 @@ from worker.training.data import (
     open_cached,
     stratified_split,
 )
+from worker.training.loop import TrainingCancelled
 from worker.training.spec import InitWeights, TrainSpec
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -60,7 +62,6 @@ def _init_weights(
     spec: dict[str, Any],
     classes: list[str],
     holds: contextlib.ExitStack,
-    download: bool,
 ) -> InitWeights:
     weights = spec["weights"]
     if weights is None:
@@ -74,17 +75,28 @@ def _init_weights(
             raise JobFailure("weights_corrupt", f"the weights file of model {model.id} was altered")
         return InitWeights(source="file", path=str(path), keep_head=model.classes == classes)
     resolved = registry.resolve_weights(spec["backbone"], weights)
-    if not resolved.present and download:
-        try:
-            registry.download(resolved)
-        except Exception as exc:  # no route, an HTTP error, a file that fails its hash
-            why = f"{resolved.name}: downloading {resolved.url} failed: {type(exc).__name__}: {exc}"
-            raise JobFailure("weights_unavailable", why[:500]) from None
-    if not resolved.present:
+    return InitWeights(source="torchvision", name=resolved.name)  # see fetch_weights
+
+
+def fetch_weights(settings: Settings, spec: TrainSpec, check: Callable[[], None]) -> None:
+    """Download the torchvision weights file the job starts from, if it is not cached yet
+    (`FINETUNE_WEIGHTS_DOWNLOAD`); `check` may stop the download (cancel, shutdown)."""
+    if spec.init.source != "torchvision" or spec.init.name is None:
+        return
+    resolved = registry.resolve_weights(spec.backbone, spec.init.name)
+    if resolved.present:
+        return
+    if not settings.weights_download:
         raise JobFailure(
             "weights_unavailable", f"{resolved.name} needs {resolved.path} ({resolved.url})"
         )
-    return InitWeights(source="torchvision", name=resolved.name)
+    try:
+        registry.download(resolved, check)
+    except (TrainingCancelled, AttemptInterrupted):
+        raise
+    except Exception as exc:  # no route, an HTTP error, a file that fails its hash
+        why = f"{resolved.name}: downloading {resolved.url} failed: {type(exc).__name__}: {exc}"
+        raise JobFailure("weights_unavailable", why[:500]) from None
 
 
 def build_spec(
@@ -99,9 +111,7 @@ def build_spec(
 
     A weights file from the host cache is held in `holds` (the caller's: until training ends).
     """
-    init = _init_weights(
-        session, storage, job.spec, dataset.classes, holds, settings.weights_download
-    )
+    init = _init_weights(session, storage, job.spec, dataset.classes, holds)
     mean, std = input_normalisation(job.spec["backbone"], init)
     return TrainSpec(
         backbone=job.spec["backbone"],
@@ -131,9 +141,9 @@ def load_data(
     job reads just the manifest, so a remote dataset's copy can leave the cache (or never
     come back into it) while its decoded images stay.
 
-    When the images must be decoded, `check` is called after every file fetched from a
-    remote store and every image decoded: it may raise to stop (cancel, shutdown), leaving
-    no partial copy or cache file. `decoding(count)` is called before the decode.
+    When the images must be decoded, `decoding(count)` is called first, then `check` after
+    every file fetched from a remote store and every image decoded: it may raise to stop
+    (cancel, shutdown), leaving no partial copy or cache file.
     """
     cache = host_cache(settings)
     base = cache.path(decoded_entry(dataset.id, spec.image_size))
@@ -143,9 +153,9 @@ def load_data(
             entries = json.loads(manifest.read_text())["entries"]
         images = open_cached(base, len(entries), spec.image_size)
         if images is None:
+            decoding(len(entries))  # before a remote store's fetch, which takes minutes too
             with storage.hold(dataset.storage_key, check) as root:
                 paths = [root / e["file"] for e in entries]
-                decoding(len(paths))
                 images = cached_images(base, paths, spec.image_size, settings.decode_threads, check)
             cache.trim()  # what this job holds (its decoded images) stays
     index = {name: i for i, name in enumerate(dataset.classes)}

@@ -9,30 +9,27 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
 import torch
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.core import ids, logs, queue
+from app.core import logs, queue
 from app.core.config import Settings
 from app.core.db import end_if_idle, get_sessionmaker
 from app.core.events import add_event
-from app.core.ids import new_id
-from app.core.models import Checkpoint, Dataset, Job, JobStatus, Model, Tenant, utcnow
-from app.core.reaper import drop_resume_keys
+from app.core.models import Checkpoint, Dataset, Job, JobStatus, Tenant, utcnow
 from app.core.storage import Storage, discard, get_storage, unreachable
 from worker.faults import Faults
-from worker.jobspec import JobFailure, build_spec, load_data
+from worker.jobspec import JobFailure, build_spec, fetch_weights, load_data
 from worker.lease import AttemptInterrupted, Lease
-from worker.reporting import CancelPoll, DatabaseReporter, clean
+from worker.outcomes import finish, record_success, release
+from worker.reporting import CancelPoll, DatabaseReporter
 from worker.retry import retrying
 from worker.training.heap import steady_heap
-from worker.training.loop import FitResult, TrainingCancelled, fit
+from worker.training.loop import TrainingCancelled, fit
 from worker.training.resume import ResumeState, load_state
-from worker.training.spec import TrainSpec
 from worker.training.trainer import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -100,29 +97,6 @@ def claim(session: Session, settings: Settings, job_id: str) -> int | None:
     return attempt
 
 
-def _finish(lease: Lease, storage: Storage, status: JobStatus, message: str, **values: Any) -> None:
-    stale: list[str] = []
-
-    def write() -> None:
-        with lease.transaction() as session:
-            if session.execute(
-                update(Job)
-                .where(*lease.fence())
-                .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
-            ).rowcount:
-                if values.get("error"):
-                    add_event(
-                        session, lease.job_id, "error", values["error"]["message"], values["error"]
-                    )
-                if status == JobStatus.cancelled:  # never resumes (a failed job may be retried)
-                    stale[:] = drop_resume_keys(session, lease.job_id)
-                add_event(session, lease.job_id, "status", message, {"status": str(status)})
-            session.commit()
-
-    retrying(write)
-    discard(storage, *stale)
-
-
 def _warn_storage_out_of_reach(lease: Lease, exc: Exception) -> None:
     """Tell the job's watchers why its attempt stops (the lease lapses; see run_job)."""
     message = (
@@ -141,7 +115,10 @@ def _warn_storage_out_of_reach(lease: Lease, exc: Exception) -> None:
 
 def _announce_decoding(lease: Lease, count: int, size: int) -> None:
     """Tell the job's watchers why it shows no progress yet: a first decode takes minutes."""
-    message = f"decoding {count} images at {size} px (once per dataset and image size)"
+    message = (
+        f"decoding {count} images at {size} px (fetched and decoded once per dataset and image "
+        "size)"
+    )
     data = {"status": "running", "decoding": {"images": count, "image_size": size}}
 
     def write() -> None:
@@ -151,57 +128,6 @@ def _announce_decoding(lease: Lease, count: int, size: int) -> None:
             session.commit()
 
     retrying(write)
-
-
-def _release(settings: Settings, storage: Storage, lease: Lease, reason: str) -> None:
-    """Hand the job back (deploy, lost parent): another worker resumes it from its checkpoint.
-
-    Unless the user asked to cancel it meanwhile (SIGTERM is checked before the cancel flag):
-    then it ends cancelled here. A cancel that commits between the two updates leaves it
-    queued and flagged, which no worker claims and the reaper ends.
-    """
-    stale: list[str] = []
-
-    def write() -> JobStatus | None:
-        with lease.transaction() as session:
-            if session.execute(
-                update(Job)
-                .where(*lease.fence(), Job.cancel_requested.is_(True))
-                .values(status=JobStatus.cancelled, finished_at=utcnow(), lease_expires_at=None)
-            ).rowcount:
-                stale[:] = drop_resume_keys(session, lease.job_id)
-                status: JobStatus | None = JobStatus.cancelled
-                message = "job cancelled while running"
-                add_event(session, lease.job_id, "status", message, {"status": "cancelled"})
-            elif session.execute(
-                update(Job)
-                .where(*lease.fence())
-                .values(
-                    status=JobStatus.queued,
-                    released=Job.released + 1,
-                    lease_expires_at=None,
-                    worker_id=None,
-                    enqueued_at=utcnow(),
-                )
-            ).rowcount:
-                status = JobStatus.queued
-                message = f"attempt {lease.attempt} released ({reason}); queued to resume"
-                add_event(
-                    session, lease.job_id, "status", message, {"status": "queued", "reason": reason}
-                )
-            else:
-                status = None
-            session.commit()
-            return status
-
-    status = retrying(write)
-    if status == JobStatus.cancelled:
-        discard(storage, *stale)
-    elif status == JobStatus.queued:
-        try:
-            queue.enqueue(settings, lease.job_id)
-        except Exception:  # the reaper re-sends it
-            log.warning("could not re-enqueue released job %s", lease.job_id, exc_info=True)
 
 
 def _resume_state(session: Session, storage: Storage, job_id: str) -> ResumeState | None:
@@ -254,109 +180,6 @@ def _start_afresh(lease: Lease, storage: Storage) -> None:
     discard(storage, *stale)
 
 
-def _record_success(
-    lease: Lease, storage: Storage, spec: TrainSpec, result: FitResult, reporter: DatabaseReporter
-) -> str | None:
-    """Succeed the job and create its model; the model id, or None if the fence refused.
-
-    The last epoch's checkpoint is committed in the same transaction (`commit_final`).
-    Raises TrainingCancelled when a cancel was asked after the loop's last check.
-    """
-    stale: list[str] = []
-
-    def write() -> str | None:
-        with lease.transaction() as session:
-            done = session.scalar(
-                select(Job.model_id).where(
-                    Job.id == lease.job_id,
-                    Job.status == JobStatus.succeeded,
-                    Job.attempts == lease.attempt,
-                )
-            )
-            if done is not None:
-                return done  # an earlier try committed, and only its answer was lost
-            reporter.commit_final(session)
-            best = session.scalar(
-                select(Checkpoint).where(
-                    Checkpoint.job_id == lease.job_id, Checkpoint.epoch == result.best_epoch
-                )
-            )
-            assert best is not None
-            metrics = clean(
-                {
-                    **result.best_metrics,
-                    **(result.test_metrics or {}),
-                    "best_epoch": result.best_epoch,
-                    "stopped_early": result.stopped_early,
-                }
-            )
-            if result.evaluation is not None:
-                metrics["evaluation"] = result.evaluation
-            model = Model(
-                id=new_id(ids.MODEL),
-                tenant_id=best.tenant_id,
-                job_id=lease.job_id,
-                checkpoint_id=best.id,
-                backbone=spec.backbone,
-                classes=list(spec.classes),
-                image_size=spec.image_size,
-                metrics=metrics,
-                size_bytes=best.size_bytes,
-                sha256=best.sha256,
-                storage_key=best.storage_key,
-            )
-            last = clean(result.history[-1])
-            summary = {
-                **{
-                    k: last.get(k)
-                    for k in ("train_loss", "val_loss", "val_accuracy", "images_per_second")
-                },
-                "best_val_accuracy": metrics.get("val_accuracy"),
-                "best_epoch": result.best_epoch,
-                **clean(result.test_metrics or {}),
-            }
-            if result.evaluation is not None:
-                summary["evaluation"] = result.evaluation
-            progress = {**reporter.epoch_progress(last["epoch"]), "fraction": 1.0}
-            if not session.execute(
-                update(Job)
-                .where(*lease.fence(), Job.cancel_requested.is_(False))
-                .values(
-                    status=JobStatus.succeeded,
-                    finished_at=utcnow(),
-                    model_id=model.id,
-                    metrics=summary,
-                    progress=progress,
-                    lease_expires_at=None,
-                )
-            ).rowcount:
-                session.rollback()
-                if session.scalar(select(Job.cancel_requested).where(*lease.fence())):
-                    raise TrainingCancelled  # asked after the last check: the user's word wins
-                return None
-            session.add(model)
-            stale[:] = drop_resume_keys(session, lease.job_id)
-            add_event(
-                session,
-                lease.job_id,
-                "status",
-                f"job succeeded; model {model.id} from epoch {result.best_epoch}",
-                {"status": "succeeded", "model_id": model.id, "best_epoch": result.best_epoch},
-            )
-            session.commit()
-            return model.id
-
-    try:
-        model_id = retrying(write)
-    except TrainingCancelled:
-        reporter.discard_final()
-        raise
-    if model_id is None:
-        reporter.discard_final()
-    discard(storage, *stale)  # a finished job never resumes: drop its optimiser state
-    return model_id
-
-
 @contextmanager
 def _sigterm_releases(lease: Lease) -> Iterator[None]:
     """SIGTERM (deploy) stops the loop at its next step, after any checkpoint being written."""
@@ -394,6 +217,7 @@ def _train_holding(
         faults.after_decode()
         cancel.check()
 
+    fetch_weights(settings, spec, cancel.check)
     data = load_data(
         settings,
         storage,
@@ -444,7 +268,7 @@ def _train_holding(
             raise
         reporter.flush(keep_final=True)
         faults.before_success(lease.attempt)
-        model_id = _record_success(lease, storage, spec, result, reporter)
+        model_id = record_success(lease, storage, spec, result, reporter)
         if model_id is not None:
             try:
                 queue.enqueue_exports(settings, model_id)
@@ -476,14 +300,14 @@ def run_job(settings: Settings, job_id: str) -> None:
         with _sigterm_releases(lease), steady_heap():
             _train(settings, storage, lease, Faults())
     except TrainingCancelled:
-        _finish(lease, storage, JobStatus.cancelled, "job cancelled while running")
+        finish(lease, storage, JobStatus.cancelled, "job cancelled while running")
     except AttemptInterrupted as exc:
         if exc.reason == "lease_lost":
             log.warning("job %s attempt %d lost its lease; stopping", job_id, attempt)
         else:
-            _release(settings, storage, lease, exc.reason)
+            release(settings, storage, lease, exc.reason)
     except JobFailure as exc:
-        _finish(
+        finish(
             lease,
             storage,
             JobStatus.failed,
@@ -503,7 +327,7 @@ def run_job(settings: Settings, job_id: str) -> None:
             return
         log.exception("job %s failed", job_id)
         error = {"code": "training_error", "message": f"{type(exc).__name__}: {exc}"[:1000]}
-        _finish(lease, storage, JobStatus.failed, "job failed", error=error)
+        finish(lease, storage, JobStatus.failed, "job failed", error=error)
     finally:
         lease.stop()
         logs.job_id.reset(token)

@@ -10,6 +10,7 @@ export that disagrees beyond the tolerance is refused. Labels and preprocessing 
 inside the file (ONNX metadata, TorchScript extra file `labels.json`).
 """
 
+import contextlib
 import json
 import threading
 import uuid
@@ -126,9 +127,10 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
         except BaseException:
             # Not recorded (the database went away): nothing would ever name or free the
             # file. Had the commit landed with only its answer lost, the record names a
-            # file no longer stored, which `_recorded` takes as missing: built again.
-            session.rollback()
+            # file no longer stored, which `stored_record` takes as missing: built again.
             discard(storage, record["storage_key"])
+            with contextlib.suppress(Exception):  # the connection may be gone
+                session.rollback()
             raise
     if recorded["storage_key"] != record["storage_key"]:
         discard(storage, record["storage_key"])

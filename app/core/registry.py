@@ -4,8 +4,14 @@ torchvision is imported inside the functions, never at module load, so the API s
 without torch and pays for the import once, on first use.
 """
 
+import contextlib
+import hashlib
 import os
+import re
+import tempfile
+import urllib.request
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -30,35 +36,67 @@ class ResolvedWeights:
         return os.path.exists(self.path)
 
 
-def unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+_ANSWERED_S = 300.0  # how long a URL that answered is taken to answer still
+_answered: dict[str, float] = {}
+
+
+def download_problem(url: str, timeout_s: float = 3.0) -> str | None:
     """Why `url` cannot be downloaded from here (no route, no such host, an HTTP error), or
-    None when it answers: a HEAD request, so nothing is fetched."""
+    None when it answers: a HEAD request, so nothing is fetched. An answer is remembered
+    for a few minutes: an API without the weights file asks once, not at every submit."""
+    import http.client
+    import time
     import urllib.error
     import urllib.request
 
+    if _answered.get(url, 0.0) > time.monotonic():
+        return None
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
+            _answered[url] = time.monotonic() + _ANSWERED_S
             return None
     except urllib.error.HTTPError as exc:
         return f"{url} answered {exc.code}"
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         return f"{url} is out of reach ({reason})"
 
 
-def download(resolved: ResolvedWeights) -> None:
-    """Fetch a weights file into torch.hub's cache (TORCH_HOME), as torchvision would.
+_HASH_PREFIX = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's: a file names its sha256's start
 
-    The file's name carries a prefix of its sha256, which is checked; it is written under a
-    temporary name and renamed, so a concurrent reader never sees half a file.
+
+def download(
+    resolved: ResolvedWeights, check: Callable[[], None] = lambda: None, timeout_s: float = 30.0
+) -> None:
+    """Fetch a weights file into torch.hub's cache (TORCH_HOME), as torchvision would: its
+    name's sha256 prefix is checked, and it is written under another name, then renamed.
+
+    `check` runs after every MiB and may raise to stop (a cancel, a shutdown): a file is up
+    to 2.5 GB. A connection silent for `timeout_s` fails the download.
     """
-    import torch
-
-    match = torch.hub.HASH_REGEX.search(os.path.basename(resolved.path))
-    os.makedirs(os.path.dirname(resolved.path), exist_ok=True)
-    torch.hub.download_url_to_file(
-        resolved.url, resolved.path, hash_prefix=match.group(1) if match else None, progress=False
-    )
+    match = _HASH_PREFIX.search(os.path.basename(resolved.path))
+    folder = os.path.dirname(resolved.path)
+    os.makedirs(folder, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=".download-", suffix=".partial")
+    digest = hashlib.sha256()
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(resolved.url, timeout=timeout_s) as response,
+        ):
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                check()
+        if match and not digest.hexdigest().startswith(match.group(1)):
+            raise RuntimeError(
+                f"invalid hash value: {resolved.url} has sha256 {digest.hexdigest()}, "
+                f"its name says {match.group(1)}…"
+            )
+        os.replace(partial, resolved.path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
 
 
 @lru_cache(maxsize=1)

@@ -71,7 +71,8 @@ def check_spec(session: Session, tenant: str, spec: JobCreate, *, download: bool
         if (problem := registry.weights_problem(spec.backbone, spec.weights)) is not None:
             raise _invalid("weights", problem, "weights_unsupported")
         if not resolved.present:
-            why = "downloads are off" if not download else registry.unreachable(resolved.url)
+            session.commit()  # ends the read: no connection held idle while the URL is asked
+            why = "downloads are off" if not download else registry.download_problem(resolved.url)
             if why is not None:
                 raise _invalid(
                     "weights",

@@ -115,8 +115,11 @@ class MicroBatcher:
             if len(batch) == 1:
                 batch[0].done.set_exception(exc)
                 return
+            probs = None
+        if probs is None:
             # The shared pass failed (out of memory for the whole batch, one request's odd
             # input): each request is run alone, so that only one that fails alone fails.
+            # Out of the handler: its traceback held the failed pass's tensors.
             for r in batch:
                 self._answer([r])
             return

@@ -30,7 +30,7 @@ from app.core.storage import get_storage
 from app.jobs.service import cancel, queue_info
 from tests.support.factories import committed_job, make_bare_job, make_dataset_row
 from tests.support.processes import wait_for
-from worker import runner
+from worker import outcomes, runner
 from worker.lease import AttemptInterrupted, Lease
 from worker.runner import claim
 
@@ -231,7 +231,7 @@ def test_a_release_after_a_cancel_ends_the_job_cancelled(pg_url: str, tmp_path: 
             session.add(_checkpoint(job.id, key))
             session.commit()
             assert cancel(session, LOCAL_TENANT, job.id).cancel_requested
-        runner._release(settings, storage, Lease(sessions, job.id, 1, 60), "shutdown")
+        outcomes.release(settings, storage, Lease(sessions, job.id, 1, 60), "shutdown")
         with sessions() as session:
             ended = session.get(Job, job.id)
             assert ended is not None

@@ -11,7 +11,7 @@ from app.core.ids import new_id
 from app.core.models import LOCAL_TENANT, Checkpoint, Job, JobEvent, Model
 from app.core.storage import get_storage
 from tests.support.factories import committed_job
-from worker import runner
+from worker import outcomes, runner
 from worker.lease import Lease
 from worker.reporting import DatabaseReporter
 from worker.runner import claim
@@ -91,7 +91,7 @@ def test_a_success_retried_after_a_lost_answer_keeps_its_one_model(
         result = FitResult(best_epoch=1, best_metrics=metrics, history=[metrics])
         # The COMMIT lands, its answer is lost, and `retrying` runs the transaction again.
         monkeypatch.setattr(runner, "retrying", lambda write: [write(), write()][-1])
-        model_id = runner._record_success(lease, storage, spec, result, reporter)
+        model_id = outcomes.record_success(lease, storage, spec, result, reporter)
         with sessions() as session:
             ended = session.get(Job, job.id)
             assert ended is not None and ended.status == "succeeded"

@@ -71,4 +71,15 @@ def test_a_weights_file_downloads_into_torch_home_checked_against_its_hash(
         assert (cache / good).read_bytes() == data
         with pytest.raises(RuntimeError, match="invalid hash"):
             registry.download(registry.ResolvedWeights("W", str(cache / bad), f"{base}/{bad}"))
+        big = b"x" * (3 << 20)  # a cancel or shutdown stops a long download, leaving nothing
+        name = f"vit-{hashlib.sha256(big).hexdigest()[:8]}.pth"
+        (web / name).write_bytes(big)
+
+        def stop() -> None:
+            raise InterruptedError
+
+        with pytest.raises(InterruptedError):
+            registry.download(
+                registry.ResolvedWeights("W", str(cache / name), f"{base}/{name}"), stop
+            )
     assert sorted(p.name for p in cache.iterdir()) == [good]

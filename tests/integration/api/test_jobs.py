@@ -98,6 +98,7 @@ def test_missing_weights_are_refused_unless_they_can_be_downloaded(
     downloads it), and refused, saying where to put it, when it does not. A local server
     stands in for download.pytorch.org, out of reach here."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(registry, "_answered", {})
     real = registry.resolve_weights("resnet18", "DEFAULT")
     name = Path(real.path).name
     (tmp_path / "web").mkdir()
@@ -116,6 +117,8 @@ def test_missing_weights_are_refused_unless_they_can_be_downloaded(
         assert f"{url} answered 404" in problem["detail"]
         (tmp_path / "web" / name).write_bytes(b"weights")
         assert client.post("/v1/jobs", json=body).status_code == 202  # the worker fetches it
+    assert client.post("/v1/jobs", json=body).status_code == 202  # its answer is remembered
+    registry._answered.clear()  # five minutes later
     response = client.post("/v1/jobs", json=body)  # the server is gone
     assert response.status_code == 422 and "out of reach" in response.json()["detail"]
     Path(real.path).parent.mkdir(parents=True)

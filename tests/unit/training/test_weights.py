@@ -11,7 +11,10 @@ from safetensors.torch import load_file
 from torchvision import models
 
 from app.core import registry
+from app.core.config import Settings
 from app.core.exports import describe
+from tests.support.webserver import serving
+from worker.jobspec import JobFailure, fetch_weights
 from worker.training.backbones import build_model, input_normalisation
 from worker.training.checkpoint import read_metadata, save_weights, weights_metadata
 from worker.training.spec import IMAGENET_MEAN, IMAGENET_STD, InitWeights, TrainSpec
@@ -188,3 +191,35 @@ def test_partial_with_every_block_trains_the_whole_network() -> None:
     assert freezing.trainable_blocks == freezing.total_blocks > 1
     model, _ = build_model(TrainSpec(**{**spec.__dict__, "trainable_layers": 2}))
     assert not model.class_token.requires_grad and model.heads.head.weight.requires_grad
+
+
+def test_a_missing_weights_file_is_fetched_before_training_or_the_job_fails(
+    torch_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = registry.resolve_weights("resnet18", "DEFAULT")
+    data = b"weights"
+    name = f"resnet18-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / name).write_bytes(data)
+    path = str(torch_home / "hub" / "checkpoints" / name)
+    spec = TrainSpec(
+        backbone="resnet18", classes=CLASSES, init=InitWeights("torchvision", real.name)
+    )
+    with serving(tmp_path / "web") as web:
+        for url, download, expected in (
+            (f"{web}/{name}", False, "needs"),
+            (f"{web}/missing.pth", True, "HTTPError"),
+        ):
+            resolved = registry.ResolvedWeights(real.name, path, url)
+            monkeypatch.setattr(registry, "resolve_weights", lambda *_, r=resolved: r)
+            settings = Settings(data_dir=tmp_path, weights_download=download)
+            with pytest.raises(JobFailure, match=expected) as failed:
+                fetch_weights(settings, spec, lambda: None)
+            assert failed.value.code == "weights_unavailable"
+        monkeypatch.setattr(
+            registry,
+            "resolve_weights",
+            lambda *_: registry.ResolvedWeights(real.name, path, f"{web}/{name}"),
+        )
+        fetch_weights(Settings(data_dir=tmp_path), spec, lambda: None)
+    assert Path(path).read_bytes() == data
