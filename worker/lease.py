@@ -14,11 +14,13 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.db import end_if_idle
+from app.core.events import add_event
 from app.core.models import Job, JobStatus, utcnow
+from worker.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,18 @@ class Lease:
         with self.sessions() as session:
             end_if_idle(session, self.lease_s)
             yield session
+
+    def add_event(self, kind: str, message: str, data: dict[str, Any]) -> None:
+        """Add an event to the job if this attempt still owns it (one retried transaction);
+        once it does not, the event is dropped: it would tell about another attempt."""
+
+        def write() -> None:
+            with self.transaction() as session:
+                if session.scalar(select(Job.id).where(*self.fence())) is not None:
+                    add_event(session, self.job_id, kind, message, data)
+                session.commit()
+
+        retrying(write)
 
     def renew(self) -> bool:
         with self.transaction() as session:

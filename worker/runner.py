@@ -103,12 +103,9 @@ def _warn_storage_out_of_reach(lease: Lease, exc: Exception) -> None:
         f"attempt {lease.attempt} stopped: storage did not answer ({type(exc).__name__}); "
         "the next attempt resumes from the last checkpoint"
     )
+    data = {"reason": "storage_unavailable", "attempt": lease.attempt}
     try:
-        with lease.transaction() as session:
-            if session.scalar(select(Job.id).where(*lease.fence())) is not None:
-                data = {"reason": "storage_unavailable", "attempt": lease.attempt}
-                add_event(session, lease.job_id, "warning", message, data)
-            session.commit()
+        lease.add_event("warning", message, data)
     except Exception:  # only a courtesy: the reaper resumes the job either way
         log.warning("job %s: could not record the storage outage", lease.job_id, exc_info=True)
 
@@ -120,14 +117,7 @@ def _announce_decoding(lease: Lease, count: int, size: int) -> None:
         "size)"
     )
     data = {"status": "running", "decoding": {"images": count, "image_size": size}}
-
-    def write() -> None:
-        with lease.transaction() as session:
-            if session.scalar(select(Job.id).where(*lease.fence())) is not None:
-                add_event(session, lease.job_id, "status", message, data)
-            session.commit()
-
-    retrying(write)
+    lease.add_event("status", message, data)
 
 
 def _resume_state(session: Session, storage: Storage, job_id: str) -> ResumeState | None:
