@@ -63,7 +63,10 @@ class Settings(BaseSettings):
         "(air-gapped GPU nodes).",
     )
     predict_queue_size: int = Field(
-        256, ge=1, description="Images of waiting predict requests (per model) before 503."
+        256,
+        ge=1,
+        description="Images of predict requests being decoded or waiting for a forward "
+        "(per model) before 503.",
     )
     predict_precision: str = Field(
         "auto",

@@ -5,7 +5,9 @@ One batcher thread per loaded model gathers the images of concurrent requests (u
 pass and hands each request its rows. Requests wait on a future, not on a thread: the API
 awaits it on its event loop, so waiting requests hold none of the thread pool that every
 other route needs. The queue is bounded in images, which is its memory: when it is full a
-request is refused at once (503) instead of piling up latency.
+request is refused at once (503) instead of piling up latency. A request takes its place
+in the queue (`reserve`) before it reads and decodes its uploads, so the bound also covers
+images being decoded, not only those decoded and waiting.
 """
 
 import queue
@@ -28,6 +30,38 @@ class Closed(Exception):
 class _Request:
     images: np.ndarray  # float32 (n, 3, S, S), normalised
     done: Future[np.ndarray] = field(default_factory=Future)
+
+
+class Reservation:
+    """A request's place in a batcher's queue, for up to `n` images (`MicroBatcher.reserve`).
+
+    Used as a context manager: leaving it without `submit` (an unreadable upload, a client
+    gone) gives the place back.
+    """
+
+    def __init__(self, batcher: "MicroBatcher", n: int) -> None:
+        self.batcher, self.n = batcher, n
+        self._open = True
+
+    def submit(self, images: np.ndarray) -> Future[np.ndarray]:
+        """Queue `images` (at most `n`) in this place; raises `Closed` if the batcher was."""
+        if not self._open:
+            raise RuntimeError("this place was already used or released")
+        if len(images) > self.n:
+            raise ValueError(f"{len(images)} images in a place reserved for {self.n}")
+        self._open = False
+        return self.batcher._put(self, images)
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            self.batcher._release(self.n)
+
+    def __enter__(self) -> "Reservation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class MicroBatcher:
@@ -58,16 +92,37 @@ class MicroBatcher:
         Cancelling the future withdraws a request that no batch has taken yet. Raises
         `Unavailable` when the queue is full, `Closed` once `close` was called.
         """
-        request = _Request(images)
+        return self.reserve(len(images)).submit(images)
+
+    def reserve(self, n: int) -> "Reservation":
+        """Room for `n` images, held until they are submitted or the place is released.
+
+        Raises `Unavailable` when the queue is full, `Closed` once `close` was called.
+        """
         with self._state:
             if self._closed:
                 raise Closed
             # A request larger than the whole queue still runs when it finds the queue empty.
-            if self._waiting and self._waiting + len(images) > self.queue_size:
+            if self._waiting and self._waiting + n > self.queue_size:
                 raise Unavailable("prediction queue is full; retry shortly", code="overloaded")
-            self._waiting += len(images)
+            self._waiting += n
+        return Reservation(self, n)
+
+    def _put(self, place: "Reservation", images: np.ndarray) -> Future[np.ndarray]:
+        request = _Request(images)
+        with self._state:
+            # The images now count for themselves; a place reserved for more gives the rest
+            # back (the queue is emptied by what `_take` subtracts, image by image).
+            self._waiting -= place.n - len(images)
+            if self._closed:
+                self._waiting -= len(images)
+                raise Closed
             self._queue.put(request)
         return request.done
+
+    def _release(self, n: int) -> None:
+        with self._state:
+            self._waiting -= n
 
     def close(self) -> None:
         """Stop once the requests already queued are answered; returns at once."""

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from app.core.errors import Invalid, Unavailable, field_error
 from app.core.storage import sha256_file
-from app.models.batching import Closed, MicroBatcher
+from app.models.batching import Closed, MicroBatcher, Reservation
 
 # The deliberate exception to "app never imports worker": see that module's docstring.
 from worker.training.imaging import decode_image
@@ -234,19 +234,37 @@ def normalise(model: LoadedModel, images: list[np.ndarray]) -> np.ndarray:
     return (x - model.mean) / model.std
 
 
+def reserve(model: LoadedModel, n: int) -> Reservation | None:
+    """A place for `n` images in the model's queue, taken before they are read and decoded
+    (503 `overloaded` when it is full); None for a model evicted since the request got it.
+    """
+    if model.batcher is None:
+        return None
+    try:
+        return model.batcher.reserve(n)
+    except Closed:
+        return None
+
+
 async def probabilities(
-    model: LoadedModel, x: np.ndarray, timeout: float = PREDICT_TIMEOUT_S
+    model: LoadedModel,
+    x: np.ndarray,
+    place: Reservation | None = None,
+    timeout: float = PREDICT_TIMEOUT_S,
 ) -> np.ndarray:
     """Softmax rows for `x`, sharing a forward pass with concurrent requests.
 
-    Awaited on the event loop: a request waiting for its batch holds no thread of the pool
-    (40 by default) that every other route needs, so the batcher's bounded queue, not the
-    pool, is what limits waiting predictions. A model evicted since the request got it no
-    longer batches; the request runs its own forward on it.
+    `x` goes into `place`, the request's reserved place in the queue (one is taken now if
+    none is given). Awaited on the event loop: a request waiting for its batch holds no
+    thread of the pool (40 by default) that every other route needs, so the batcher's
+    bounded queue, not the pool, is what limits waiting predictions. A model evicted since
+    the request got it no longer batches; the request runs its own forward on it.
     """
-    if model.batcher is not None:
+    if place is None:
+        place = reserve(model, len(x))
+    if place is not None:
         try:
-            done = model.batcher.submit(x)
+            done = place.submit(x)
         except Closed:
             pass
         else:

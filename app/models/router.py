@@ -131,7 +131,8 @@ async def predict(
             code="too_many_files",
             errors=[field_error("files", f"{len(files)} files sent")],
         )
-    payload = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+    # Uploads are read in the service, once the request has its place in the model's queue.
+    payload = [(f.filename or f"file{i}", f.file) for i, f in enumerate(files)]
     started = time.perf_counter()
     predictions = await service.predict(
         session, storage, cache, tenant, model_id, payload, top_k, settings.max_image_pixels
@@ -148,7 +149,8 @@ async def predict(
 )
 def list_backbones(_: TenantDep) -> dict:
     """Every torchvision classification model, its weight enums, and whether each weight
-    file is in this host's cache (`TORCH_HOME`): a job may start only from weights
-    present (no download is attempted).
+    file is in this host's cache (`TORCH_HOME`). A job naming an absent file has its
+    worker download it, unless downloads are off (`FINETUNE_WEIGHTS_DOWNLOAD=false`):
+    then it may start only from files present.
     """
     return {"data": registry.describe_backbones(), "has_more": False, "next_cursor": None}

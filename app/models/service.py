@@ -1,5 +1,8 @@
 """Model use cases: read, list, locate the weights file, predict."""
 
+from contextlib import nullcontext
+from typing import BinaryIO
+
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
@@ -33,16 +36,18 @@ async def predict(
     cache: inference.ModelCache,
     tenant: str,
     model_id: str,
-    files: list[tuple[str, bytes]],
+    files: list[tuple[str, BinaryIO]],
     top_k: int,
     max_pixels: int,
 ) -> list[dict]:
-    """Top-k predictions for each (filename, bytes), in the order sent; every unreadable
+    """Top-k predictions for each (filename, upload), in the order sent; every unreadable
     file is named in the 422.
 
-    The blocking parts (a database read, decoding) run in the thread pool; the waits, for
-    a model another request is loading and for a shared forward pass, run on the event
-    loop (inference.ModelCache.load, inference.probabilities).
+    The blocking parts (a database read, reading and decoding uploads) run in the thread
+    pool; the waits, for a model another request is loading and for a shared forward pass,
+    run on the event loop (inference.ModelCache.load, inference.probabilities). The
+    request's place in the model's bounded queue is taken before any upload is read, so
+    that a burst of requests is refused (503) instead of decoding all it sent at once.
     """
 
     def locate() -> Model:
@@ -54,9 +59,10 @@ async def predict(
 
     def prepare(loaded: inference.LoadedModel) -> np.ndarray:
         images, errors = [], []
-        for name, data in files:
+        for name, upload in files:
+            upload.seek(0)
             try:
-                images.append(inference.decode(data, name, loaded.image_size, max_pixels))
+                images.append(inference.decode(upload.read(), name, loaded.image_size, max_pixels))
             except Invalid as exc:
                 errors.extend(exc.errors or [])
         if errors:
@@ -70,8 +76,10 @@ async def predict(
 
     row = await run_in_threadpool(locate)
     loaded = await cache.load(row.id, lambda: storage.local(row.storage_key), row.sha256)
-    batch = await run_in_threadpool(prepare, loaded)
-    probs = await inference.probabilities(loaded, batch)
+    place = inference.reserve(loaded, len(files))
+    with place or nullcontext():
+        batch = await run_in_threadpool(prepare, loaded)
+        probs = await inference.probabilities(loaded, batch, place)
     return [
         {
             "filename": name,

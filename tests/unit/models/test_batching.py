@@ -160,3 +160,36 @@ def test_close_answers_what_is_queued_then_lets_the_model_go() -> None:
         assert alive() is None
     finally:
         gc.enable()
+
+
+def test_a_reserved_place_counts_until_it_is_used_or_released() -> None:
+    """A request takes its place before decoding its uploads: the places held count against
+    the bound as queued images do, and come back when unused or partly used."""
+    gate = threading.Event()
+    calls: list[int] = []
+    batcher = MicroBatcher(
+        lambda x: gate.wait(5) and _forward(calls, 0)(x), 64, max_wait_s=0.0, queue_size=4
+    )
+    first = batcher.submit(_images(1))  # taken at once; its forward waits for the gate
+    time.sleep(0.05)
+    with batcher.reserve(3) as decoding, pytest.raises(Unavailable):
+        batcher.reserve(2)
+    # Left without submitting (an unreadable upload, say): the place is free again.
+    with batcher.reserve(4) as place:
+        later = place.submit(_images(2))  # two of its four images were refused
+        with pytest.raises(RuntimeError):
+            place.submit(_images(2))
+    with batcher.reserve(1) as small, pytest.raises(ValueError):
+        small.submit(_images(2))
+    two = batcher.submit(_images(2))  # 2 queued + 2 = the bound; nothing else held
+    with pytest.raises(Unavailable):
+        batcher.reserve(1)
+    gate.set()
+    assert [len(f.result(5)) for f in (first, later, two)] == [1, 2, 2]
+    assert decoding.n == 3
+    assert batcher._waiting == 0
+    held = batcher.reserve(1)
+    batcher.close()
+    with pytest.raises(Closed):
+        held.submit(_images(1))
+    assert batcher._waiting == 0
