@@ -130,6 +130,12 @@ class DatabaseReporter(FitCallbacks):
     def on_batch(self, size: int) -> None:
         self.faults.before_batch(size)
 
+    def on_inference_pass(self, size: int) -> None:
+        self.faults.before_batch(size)
+
+    def on_warning(self, code: str, message: str, data: dict[str, Any]) -> None:
+        self.event("warning", message, {"code": code, **data})
+
     def on_step(self, epoch: int, step: int, steps: int) -> None:
         self.faults.after_step()
         self.steps = steps

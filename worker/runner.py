@@ -1,7 +1,6 @@
 """Run one attempt of a job: claim it, resume it, fit, and record exactly one outcome."""
 
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -30,7 +29,7 @@ from worker.retry import retrying
 from worker.training.heap import steady_heap
 from worker.training.loop import TrainingCancelled, fit
 from worker.training.resume import ResumeState, load_state
-from worker.training.trainer import TrainingDiverged
+from worker.training.trainer import TrainingDiverged, free_device_memory
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +219,7 @@ def _train_holding(
     micro: int | None = None
     while True:
         if micro is not None:
-            _free_device_memory()
+            free_device_memory()
         with lease.sessions() as session:
             resume = _resume_state(session, storage, lease.job_id)
         if resume is None:
@@ -265,14 +264,6 @@ def _train_holding(
             except Exception:  # exports are also made on demand by the API
                 log.warning("could not enqueue the exports of %s", model_id, exc_info=True)
         return
-
-
-def _free_device_memory() -> None:
-    """Give the GPU memory of a failed try back, so the retry's placement sees it free
-    (DeviceBatches keeps a dataset on the device only when it fits)."""
-    if torch.cuda.is_available():
-        gc.collect()  # the failed try's model and batches, if caught in a cycle
-        torch.cuda.empty_cache()
 
 
 def run_job(settings: Settings, job_id: str) -> None:

@@ -6,7 +6,7 @@ it works for any torchvision model whose last layer is a Linear head; a probe ba
 that the head alone reproduces the model's logits, and otherwise caching is skipped.
 """
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -14,25 +14,43 @@ from torch import nn
 from worker.training.batches import DeviceBatches, FeatureBatches
 from worker.training.trainer import Trainer, _logits
 
+if TYPE_CHECKING:
+    from worker.training.loop import FitCallbacks
 
-@torch.no_grad()
+
 def extract(
-    trainer: Trainer, batches: DeviceBatches, head: nn.Module, poll: Callable[[], None]
+    trainer: Trainer, batches: DeviceBatches, head: nn.Module, callbacks: "FitCallbacks"
 ) -> FeatureBatches | None:
     """Features of every image of `batches`, or None when the head is not the model's last op.
 
-    `poll` runs after every batch (a cancel check may raise there).
+    `callbacks.on_inference_pass` runs before every pass and `callbacks.check_stop` after it (a
+    cancel may raise there). Passes that run out of memory are run again smaller
+    (`Trainer.inferring`).
     """
+    return trainer.inferring(
+        256, lambda size: _extract(trainer, batches, head, size, callbacks), callbacks
+    )
+
+
+@torch.no_grad()
+def _extract(
+    trainer: Trainer,
+    batches: DeviceBatches,
+    head: nn.Module,
+    size: int,
+    callbacks: "FitCallbacks",
+) -> FeatureBatches | None:
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].float()))
     trainer.model.eval()
     first_logits = None
     try:
-        for x, _ in batches.iterate(trainer.inference_batch(256)):
+        for x, _ in batches.iterate(size):
+            callbacks.on_inference_pass(x.shape[0])
             with trainer.autocast():
                 logits = _logits(trainer.net(x)).float()
             first_logits = logits if first_logits is None else first_logits
-            poll()
+            callbacks.check_stop()
     finally:
         hook.remove()  # before the check below: calling the head must not capture again
     if not captured or captured[0].ndim != 2:
@@ -48,7 +66,7 @@ def use_cached_features(
     trainer: Trainer,
     train: DeviceBatches,
     val: DeviceBatches | None,
-    poll: Callable[[], None],
+    callbacks: "FitCallbacks",
 ) -> tuple[FeatureBatches, FeatureBatches | None] | None:
     """Switch `trainer` to head-only training on cached features when that is exact."""
     spec = trainer.spec
@@ -57,9 +75,9 @@ def use_cached_features(
     head = trainer.model.get_submodule(trainer.freezing.head)
     if not isinstance(head, nn.Linear):
         return None
-    train_features = extract(trainer, train, head, poll)
+    train_features = extract(trainer, train, head, callbacks)
     if train_features is None:
         return None
-    val_features = extract(trainer, val, head, poll) if val is not None else None
+    val_features = extract(trainer, val, head, callbacks) if val is not None else None
     trainer.forward = head
     return train_features, val_features

@@ -28,7 +28,13 @@ class FitCallbacks:
         """Called once with the resolved device, precision and freezing."""
 
     def on_batch(self, size: int) -> None:
-        """Called before each forward pass with its (micro-)batch size."""
+        """Called before each training forward pass with its (micro-)batch size."""
+
+    def on_inference_pass(self, size: int) -> None:
+        """Called before each inference pass (evaluation, feature extraction) with its size."""
+
+    def on_warning(self, code: str, message: str, data: dict[str, Any]) -> None:
+        """Something the user should know happened, and the run went on (a smaller pass)."""
 
     def on_step(self, epoch: int, step: int, steps: int) -> None:
         """Called after every optimiser step; must stay cheap (no host syncs)."""
@@ -103,7 +109,7 @@ def fit(
         best_state, start = resume.best_model, resume.epoch + 1
     train_on: Batches = train
     val_on: Batches | None = val
-    if cached := use_cached_features(trainer, train, val, callbacks.check_stop):
+    if cached := use_cached_features(trainer, train, val, callbacks):
         train_on, val_on = cached
     callbacks.on_start(
         {
@@ -131,7 +137,7 @@ def fit(
             **trainer.train_one_epoch(train_on, epoch, callbacks),
         }
         if val_on is not None:
-            metrics.update(trainer.evaluate(val_on, "val", callbacks.check_stop))
+            metrics.update(trainer.evaluate(val_on, "val", callbacks))
         trainer.check_finite(epoch, metrics)
         best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else None
         if _is_better(metrics, best):
@@ -150,12 +156,12 @@ def fit(
     trainer.model.load_state_dict(best_state)
     trainer.forward = trainer.net
     if test is not None:
-        test_metrics = trainer.evaluate(test, "test", callbacks.check_stop)
+        test_metrics = trainer.evaluate(test, "test", callbacks)
         evaluation = report(
             trainer.last_confusion, spec.classes, "test", test_metrics["test_top5_accuracy"]
         )
     elif val is not None:
-        scored = trainer.evaluate(val, "val", callbacks.check_stop)
+        scored = trainer.evaluate(val, "val", callbacks)
         evaluation = report(
             trainer.last_confusion, spec.classes, "val", scored["val_top5_accuracy"]
         )

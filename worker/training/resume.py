@@ -70,6 +70,7 @@ def snapshot(trainer: Trainer, epoch: int) -> StateSnapshot:
         "history": trainer.history,
         "best_epoch": trainer.best_epoch,
         "micro_batch": trainer.micro_batch,
+        "inference_batch": trainer.inference_cap,
         "param_groups": optim["param_groups"],
         "optimizer_scalars": scalars,
         "schedule": trainer.schedule.state_dict(),
@@ -130,3 +131,5 @@ def restore(trainer: Trainer, state: ResumeState) -> None:
         torch.cuda.set_rng_state(state.tensors["rng.cuda"], trainer.device)
     trainer.history = list(state.history)
     trainer.best_epoch = state.best_epoch
+    # Saved by workers since 2026-12-04; earlier states find the limit again if they need it.
+    trainer.inference_cap = state.meta.get("inference_batch")

@@ -1,10 +1,12 @@
 """Trainer: model, optimiser, schedule, precision and RNGs of one run, and its epoch steps."""
 
+import gc
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
@@ -19,6 +21,18 @@ from worker.training.spec import TrainSpec
 
 if TYPE_CHECKING:
     from worker.training.loop import FitCallbacks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def free_device_memory() -> None:
+    """Give the GPU memory of a pass that ran out of it back, so the next try sees it free
+    (DeviceBatches keeps a dataset on the device only when it fits). Call it outside the
+    `except` clause: the handled exception's traceback holds the failed pass's tensors."""
+    if torch.cuda.is_available():
+        gc.collect()  # the failed pass's tensors, if caught in a cycle
+        torch.cuda.empty_cache()
 
 
 class TrainingDiverged(Exception):
@@ -147,6 +161,8 @@ class Trainer:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     last_confusion: torch.Tensor | None = None
+    # The largest inference pass known to fit, once one ran out of memory (None: no limit).
+    inference_cap: int | None = None
     _weights: tuple[int, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
 
     def weights_after(self, epoch: int) -> dict[str, torch.Tensor]:
@@ -235,24 +251,63 @@ class Trainer:
 
     def inference_batch(self, preferred: int) -> int:
         """Images per inference pass: `preferred`, or the micro-batch once an out-of-memory
-        error shrank it (inference needs less memory than a training step of that size)."""
-        return self.micro_batch if self.micro_batch < self.spec.batch_size else preferred
+        error in training shrank it (inference needs less memory than a training step of
+        that size), at most the largest pass known to fit (`inferring`)."""
+        size = self.micro_batch if self.micro_batch < self.spec.batch_size else preferred
+        return min(size, self.inference_cap or size)
 
-    @torch.inference_mode()
+    def inferring(self, preferred: int, run: Callable[[int], T], callbacks: "FitCallbacks") -> T:
+        """`run(images per pass)`, run again with passes half as large after each
+        out-of-memory error.
+
+        Inference keeps no state from one pass to the next, so a run that ran out of memory
+        is simply run again, in place: training's micro-batch is not shrunk for it, and a
+        job of `batch_size` 1 whose evaluation did not fit in passes of 64 still succeeds
+        (the runner's retry from the last checkpoint once halved the micro-batch to 0 and
+        failed it). Only a pass of one image that does not fit reaches the caller.
+        """
+        while True:
+            size = self.inference_batch(preferred)
+            try:
+                return run(size)
+            except torch.OutOfMemoryError:
+                if size <= 1:
+                    raise
+                self.inference_cap = size // 2
+            free_device_memory()  # out of the handler: see its docstring
+            text = (
+                f"out of memory in an inference pass of {size} images: "
+                f"running it again in passes of {self.inference_cap}"
+            )
+            log.warning(text)
+            callbacks.on_warning("out_of_memory", text, {"inference_batch": self.inference_cap})
+
     def evaluate(
-        self, batches: Batches, prefix: str, poll: Callable[[], None] = lambda: None
+        self, batches: Batches, prefix: str, callbacks: "FitCallbacks"
     ) -> dict[str, float]:
         """Loss, top-1/top-5 accuracy and macro F1; `self.last_confusion` keeps the matrix.
 
-        `poll` runs after every batch (a cancel check may raise there).
+        `callbacks.on_inference_pass` runs before every pass and `callbacks.check_stop` after it (a
+        cancel may raise there).
         """
+        return self.inferring(
+            max(self.spec.batch_size, 64),
+            lambda size: self._evaluate(batches, prefix, size, callbacks),
+            callbacks,
+        )
+
+    @torch.inference_mode()
+    def _evaluate(
+        self, batches: Batches, prefix: str, size: int, callbacks: "FitCallbacks"
+    ) -> dict[str, float]:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct5 = torch.zeros((), device=self.device, dtype=torch.long)
         classes = self.spec.num_classes
         confusion = torch.zeros((classes, classes), device=self.device, dtype=torch.long)
         k = min(5, classes)
-        for x, y in batches.iterate(self.inference_batch(max(self.spec.batch_size, 64))):
+        for x, y in batches.iterate(size):
+            callbacks.on_inference_pass(x.shape[0])
             with self.autocast():
                 logits = _logits(self.forward(x))
             logits = logits.float()
@@ -260,7 +315,7 @@ class Trainer:
             top = logits.topk(k, dim=1).indices
             confusion_update(confusion, y, top[:, 0])
             correct5 += (top == y[:, None]).any(dim=1).sum()
-            poll()
+            callbacks.check_stop()
         n = max(1, len(batches))
         self.last_confusion = confusion
         return {

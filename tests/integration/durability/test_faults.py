@@ -296,10 +296,21 @@ def test_a_job_that_always_crashes_fails_after_max_attempts(cluster: Cluster) ->
     cluster.client.post(f"/v1/jobs/{job_id}/cancel")
 
 
-def test_out_of_memory_halves_the_batch_and_succeeds(cluster: Cluster) -> None:
-    cluster.worker(faults="oom_above=8")
-    job_id = submit(cluster, batch_size=16)
+@pytest.mark.parametrize(
+    ("batch_size", "fits", "shrunk"),
+    [
+        (16, 8, [{"micro_batch": 8}]),  # a training step: retried from the last checkpoint
+        # Only evaluation: run again in smaller passes, in place; training steps stay whole.
+        (8, 8, [{"inference_batch": 32}, {"inference_batch": 16}, {"inference_batch": 8}]),
+    ],
+)
+def test_out_of_memory_shrinks_what_ran_out_and_succeeds(
+    cluster: Cluster, batch_size: int, fits: int, shrunk: list[dict]
+) -> None:
+    cluster.worker(faults=f"oom_above={fits}")
+    job_id = submit(cluster, batch_size=batch_size)
     job = assert_clean_history(cluster, job_id)
     assert job["attempts"] == 1, cluster.lease_log(job_id)
-    warnings = [e for e in events(cluster, job_id) if e["type"] == "warning"]
-    assert [w["data"]["micro_batch"] for w in warnings] == [8]
+    warnings = [e["data"] for e in events(cluster, job_id) if e["type"] == "warning"]
+    assert [{k: v for k, v in w.items() if k != "code"} for w in warnings] == shrunk
+    assert {w["code"] for w in warnings} == {"out_of_memory"}

@@ -157,6 +157,50 @@ def test_evaluation_shrinks_with_the_micro_batch(
     assert sizes and max(sizes) == largest
 
 
+class _InferenceOutOfMemory(Recorder):
+    """Runs out of memory in every inference pass of more than `fits` images."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        self.fits, self.warnings, self.passes = fits, [], []
+
+    def on_inference_pass(self, size):  # type: ignore[no-untyped-def]
+        self.passes.append(size)
+        if size > self.fits:
+            raise torch.OutOfMemoryError(f"injected: {size} > {self.fits}")
+
+    def on_warning(self, code, message, data):  # type: ignore[no-untyped-def]
+        self.warnings.append((code, data))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "batch_size", "fits"), [("full", 2, 2), ("full", 32, 8), ("linear_probe", 4, 16)]
+)
+def test_inference_out_of_memory_runs_smaller_passes_not_smaller_training_steps(
+    small_data, strategy, batch_size, fits
+) -> None:  # type: ignore[no-untyped-def]
+    """An evaluation (or a feature extraction) that does not fit is run again in halved
+    passes, in place: the training micro-batch stays whole. (It went to the runner, which
+    halved the training micro-batch and, with a batch of 1, failed the job.)"""
+    rec = _InferenceOutOfMemory(fits)
+    result = fit(spec(epochs=2, batch_size=batch_size, strategy=strategy), small_data, rec)
+    assert len(result.history) == 2 and rec.info["micro_batch"] == batch_size
+    assert {code for code, _ in rec.warnings} == {"out_of_memory"}
+    halved = [data["inference_batch"] for _, data in rec.warnings]
+    assert halved and halved[-1] == fits and halved == sorted(halved, reverse=True)
+    # Each size too large was tried once: later passes start from the size that fitted.
+    too_large = [size for size in rec.passes if size > fits]
+    assert too_large == sorted(set(too_large), reverse=True)
+
+
+def test_an_inference_pass_of_one_image_that_does_not_fit_reaches_the_runner(small_data) -> None:  # type: ignore[no-untyped-def]
+    """The runner then shrinks training's micro-batch, and fails the job below one image."""
+    rec = _InferenceOutOfMemory(0)
+    with pytest.raises(torch.OutOfMemoryError):
+        fit(spec(epochs=1, batch_size=8), small_data, rec)
+    assert [data["inference_batch"] for _, data in rec.warnings] == [32, 16, 8, 4, 2, 1]
+
+
 def test_a_diverging_run_stops_before_saving_a_non_finite_epoch(small_data) -> None:  # type: ignore[no-untyped-def]
     # SGD at half the highest learning rate the API accepts: the losses grow for a few
     # epochs (BatchNorm keeps the training loss finite), then the validation logits overflow,

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from worker.training.checkpoint import save_weights
 from worker.training.loop import FitCallbacks, fit
@@ -79,3 +80,37 @@ def test_micro_batches_keep_the_effective_batch(small_data, tmp_path: Path) -> N
     result = fit(spec, small_data, saver, micro_batch=8)
     assert saver.sizes == {8}
     assert result.history[0]["train_loss"] > 0
+
+
+class _SmallInference(Saver):
+    """Inference passes of more than 8 images run out of memory."""
+
+    def __init__(self, root: Path, stop_after: int | None = None) -> None:
+        super().__init__(root, stop_after)
+        self.inference: list[int] = []
+
+    def on_inference_pass(self, size: int) -> None:
+        self.inference.append(size)
+        if size > 8:
+            raise torch.OutOfMemoryError("injected")
+
+
+def test_a_resumed_run_keeps_the_inference_limit_it_found(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = TrainSpec(
+        backbone="resnet18",
+        classes=tuple(str(i) for i in range(10)),
+        epochs=2,
+        batch_size=16,
+        image_size=16,
+        device="cpu",
+    )
+    first = _SmallInference(tmp_path, stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(spec, small_data, first)
+    assert first.inference[:4] == [50, 32, 16, 8]  # 50 validation images: 64, 32, 16, 8
+    state = load_state(
+        tmp_path / "state-1.safetensors", lambda e: tmp_path / f"model-{e}.safetensors"
+    )
+    resumed = _SmallInference(tmp_path)
+    fit(spec, small_data, resumed, resume=state)
+    assert resumed.inference and max(resumed.inference) == 8  # no pass had to fail again
