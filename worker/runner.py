@@ -28,7 +28,7 @@ from worker.reporting import CancelPoll, DatabaseReporter
 from worker.retry import retrying
 from worker.training.heap import steady_heap
 from worker.training.loop import TrainingCancelled, fit
-from worker.training.resume import ResumeState, load_state
+from worker.training.resume import ResumeState, as_trained, load_state
 from worker.training.trainer import TrainingDiverged, free_device_memory
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,7 @@ def _train_holding(
             resume = _resume_state(session, storage, lease.job_id)
         if resume is None:
             _start_afresh(lease, storage)
+        spec = as_trained(spec, resume)
         if micro is None and resume is not None:
             micro = resume.meta.get("micro_batch")
         reporter = DatabaseReporter(

@@ -7,7 +7,7 @@ the best weights.
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from worker.training.checkpoint import atomic_write
+from worker.training.spec import TrainSpec
 from worker.training.trainer import Trainer
 
 
@@ -30,6 +31,21 @@ class ResumeState:
     best_model: dict[str, torch.Tensor]
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    # The input normalisation the run trained with, from its epoch's checkpoint file.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+def as_trained(spec: TrainSpec, state: "ResumeState | None") -> TrainSpec:
+    """`spec` with the normalisation of the epochs `state` continues, when it records one.
+
+    A worker of another version may pick a different normalisation for the same job (since
+    2026-12-04 GoogLeNet's and Inception v3's torchvision weights take mean and std 0.5):
+    the epochs left must see inputs as the first ones did, and the model must keep them.
+    """
+    if state is None or state.mean is None or state.std is None:
+        return spec
+    return replace(spec, mean=tuple(state.mean), std=tuple(state.std))
 
 
 def _rng_states(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -93,14 +109,21 @@ def load_state(path: Path, checkpoint: Callable[[int], Path]) -> ResumeState:
     """Read a state file and the checkpoint files (`checkpoint(epoch)`) it refers to."""
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["state"])
+    last = checkpoint(meta["epoch"])
+    with safe_open(str(last), framework="pt") as fh:
+        written = fh.metadata() or {}
+    normalisation = {
+        key: tuple(json.loads(written[key])) if key in written else None for key in ("mean", "std")
+    }
     return ResumeState(
         epoch=meta["epoch"],
         history=meta["history"],
         best_epoch=meta["best_epoch"],
-        model=load_file(str(checkpoint(meta["epoch"]))),
+        model=load_file(str(last)),
         best_model=load_file(str(checkpoint(meta["best_epoch"]))),
         tensors=load_file(str(path)),
         meta=meta,
+        **normalisation,
     )
 
 

@@ -1,14 +1,15 @@
 """Exact resume: a run continued from an epoch's saved state matches an uninterrupted run."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from worker.training.checkpoint import save_weights
+from worker.training.checkpoint import save_weights, weights_metadata
 from worker.training.loop import FitCallbacks, fit
-from worker.training.resume import load_state, save_state
-from worker.training.spec import TrainSpec
+from worker.training.resume import as_trained, load_state, save_state
+from worker.training.spec import IMAGENET_MEAN, IMAGENET_STD, TrainSpec
 
 VOLATILE = {"images_per_second"}
 
@@ -114,3 +115,43 @@ def test_a_resumed_run_keeps_the_inference_limit_it_found(small_data, tmp_path: 
     resumed = _SmallInference(tmp_path)
     fit(spec, small_data, resumed, resume=state)
     assert resumed.inference and max(resumed.inference) == 8  # no pass had to fail again
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_resumed_run_keeps_the_normalisation_it_trained_with(
+    small_data, tmp_path: Path, recorded: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """Workers of different versions may normalise one job's inputs differently (GoogLeNet's
+    torchvision weights take mean and std 0.5 since 2026-12-04): a resumed attempt goes on
+    with what its epochs' checkpoint files record, not with what its own worker would pick.
+    A file without them (not one this service writes) leaves the spec as it is."""
+    first = TrainSpec(
+        backbone="resnet18",
+        classes=tuple(str(i) for i in range(10)),
+        epochs=2,
+        batch_size=32,
+        image_size=16,
+        device="cpu",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+
+    class Recording(Saver):
+        def on_epoch_end(self, epoch, metrics, trainer, *, last) -> None:  # type: ignore[no-untyped-def]
+            meta = weights_metadata(first, job_id="job", epoch=epoch) if recorded else {}
+            path = self.root / f"model-{epoch}.safetensors"
+            save_weights(path, trainer.model.state_dict(), meta)
+            save_state(self.root / f"state-{epoch}.safetensors", trainer, epoch)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(first, small_data, Recording(tmp_path))
+    state = load_state(
+        tmp_path / "state-1.safetensors", lambda e: tmp_path / f"model-{e}.safetensors"
+    )
+    newer = replace(first, mean=IMAGENET_MEAN, std=IMAGENET_STD)  # what this worker picks
+    resumed = as_trained(newer, state)
+    assert (resumed.mean, resumed.std) == (
+        ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if recorded else (IMAGENET_MEAN, IMAGENET_STD)
+    )
+    assert as_trained(newer, None) is newer
