@@ -337,8 +337,8 @@ def unreachable(exc: BaseException) -> bool:
 
 def _checking(check: Callable[[], None]) -> Any:
     """An fsspec callback calling `check` at each update: the file count once known, then
-    every file done. fsspec cancels the files in flight when a callback raises and raises
-    that exception to the caller."""
+    every file done. fsspec (2026.4 and later) cancels the files in flight when a callback
+    raises and raises that exception to the caller."""
     from fsspec.callbacks import Callback
 
     class Checking(Callback):  # type: ignore[misc]
