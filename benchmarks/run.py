@@ -108,6 +108,8 @@ NOTES = """
   an hour apart, with nothing else running: 1.23× and 1.54× the textbook loop at 32 px,
   2.80× and 3.86× at 224 px, micro-batching 3.13× and 2.45×, the API's p99 while a job
   trained 59 and 29 ms. Four of the six targets were met in one run and missed in the other.
+  Run 25 (19:51 UTC, another machine of the same kind) met three: 1.65× at 32 px, 3.14×
+  at 224 px, micro-batching 2.70× against a forward ceiling of 2.88×.
 - Runs also land on different hosts under the same CPU name; the header's instruction set
   and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
   service trains images of 64 px and up in bf16 + channels_last. At 224 px its steps alone
@@ -168,9 +170,10 @@ NOTES = """
   for the same two cores (the row over the model alone: 1.30× on the second AMX Xeon,
   1.13-1.17× on the EPYC). So whether 3.5× is reached depends on the host's matrix units:
   met on the second AMX Xeon (4.47×) and on the AMX Xeon of runs 17 and 18 (4.31× and
-  4.04×), and on the AVX512-BF16 EPYC only in run 22 (3.58×, the model alone 2.62×);
-  missed on the first AMX Xeon (3.09×), on the AVX512-BF16 EPYC before (2.89-3.02×; 3.41×
-  in runs 19 and 20, the model alone 2.91× and 2.75×) and on AVX2, which has no native
+  4.04×), and on the AVX512-BF16 EPYC in runs 22 and 24 (3.58× and 3.86×, the model
+  alone 2.62× and 2.74×); missed on the first AMX Xeon (3.09×), on the AVX512-BF16 EPYC
+  in the other runs (2.89-3.02×; 3.41× in runs 19 and 20, the model alone 2.91× and 2.75×;
+  2.80× in run 23; 3.14× in run 25, the model alone 2.69×) and on AVX2, which has no native
   bf16 (1.24×).
 - Service overhead compares each job with a core run right beside it, in six pairs whose
   order alternates (job first, then core first), and takes the median of the pairs' ratios:
@@ -209,7 +212,8 @@ NOTES = """
   (2026-12-04), with the embedded broker's workers waking on inotify instead of polling, the
   same host gave 1.13 (steps 1.14×, own 0.19 s, CPU ratio 1.15, core 7.1 s), and in runs
   23 and 24 1.12 (steps 1.10×, own 0.22 s, CPU ratio 1.13, core 8.5 s) and 1.19 (steps
-  1.19×, own 0.30 s, CPU ratio 1.19, core 8.8 s). Timed per
+  1.19×, own 0.30 s, CPU ratio 1.19, core 8.8 s), in run 25 1.19 again (steps 1.17×, own
+  0.18 s, CPU ratio 1.19, core 6.95 s). Timed per
   call inside a worker there (2026-12-04, the 4-epoch job): each CPU copy an epoch makes
   (weights, optimiser state) faulted ~7k fresh pages in during the first epoch, 20-100 ms of
   the training thread each (5-10 ms later), so fit's best state and the checkpoint now share
@@ -239,7 +243,8 @@ NOTES = """
   On the AVX512-BF16 EPYC the saturated row served 456 req/s in run 19 (p99 while training
   12.7 ms) and 233 req/s an hour later in run 20 (p99 71 ms, 43 ms with no job at all);
   430 req/s in run 22 (p99 while training 15.1 ms, 8.5 ms with no job), 268 and 255 req/s
-  in runs 23 and 24 (59 and 29 ms while training, 9.5 and 9.8 ms with no job).
+  in runs 23 and 24 (59 and 29 ms while training, 9.5 and 9.8 ms with no job), 472 req/s
+  in run 25 (13.2 ms while training, 7.4 ms with no job).
 - `forward ceiling ratio` is what micro-batching saves in the model itself: a 32-image
   forward of the served model against 32 one-image forwards, in-process on idle cores. On
   the AVX2 host and the AVX512 EPYC a one-image forward already keeps both cores busy, so
@@ -252,22 +257,24 @@ NOTES = """
   where it was, so the service does not), then 3.13 against 3.01 and 2.45 against 3.03 in
   runs 23 and 24, with requests waiting for their batch and for a model's load on the event
   loop instead of in threads (right after run 24, the predict row alone in alternated
-  rounds gave 3.07 and 2.96 for this code, 2.97 and 2.68 for the code of run 22), 1.88
+  rounds gave 3.07 and 2.96 for this code, 2.97 and 2.68 for the code of run 22), 2.70
+  against 2.88 in run 25, with a request's place in the queue taken before its uploads are
+  read and decoded (the bound then also holds the images being decoded), 1.88
   against 1.89 and 2.15 against 2.36 in
   two runs on AVX2 hosts. The ceiling is measured on idle cores; served forwards share the
   two cores with the load generator and 32 requests' HTTP and decoding, which moves both
   sides of the end-to-end ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
   the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11×, 0.95×,
-  0.93×, 1.21×, 0.76×, 1.26× and 1.05× in seven runs on the AVX512 EPYC (the last runs 22,
-  23 and 24) and 0.73× and 1.00× on AVX2 hosts, after a first epoch that spends 20-95 s
+  0.93×, 1.21×, 0.76×, 1.26×, 1.05× and 1.49× in eight runs on the AVX512 EPYC (the last
+  runs 22 to 25) and 0.73× and 1.00× on AVX2 hosts, after a first epoch that spends 20-95 s
   compiling (12 s in run 20 and 8.9 s in run 24, when inductor's cache in /tmp was warm
-  from the run before; 48 s in run 22 and 70 s in run 23, each on a new machine).
+  from the run before; 48 s, 70 s and 47 s in runs 22, 23 and 25, each on a new machine).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - Dispatch latency with the embedded broker is a wait for a file: idle workers wake when a
   message is renamed into their queue folder (inotify; app/core/filebroker.py). In run 22 it
   was 7.6 ms at the median (max 15.9 ms) against Redis's 9.6 ms, in runs 23 and 24 9.9 and
-  9.6 ms against 10.3 and 14.0 ms; in run 20, when workers
+  9.6 ms against 10.3 and 14.0 ms, in run 25 11.2 ms against 12.3 ms; in run 20, when workers
   polled the folder every 0.2 s, 41 ms (max 104 ms).
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically).
