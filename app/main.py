@@ -3,11 +3,12 @@
 import gc
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from app.api import health, openapi, problems
 from app.api.early import EarlyUploadRefusal
@@ -21,7 +22,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import session_scope
 from app.core.logs import RequestIdMiddleware
 from app.core.reaper import reap
-from app.core.storage import Storage, get_storage, tidy_host
+from app.core.storage import Storage, forget_deleted_datasets, get_storage, tidy_host
 from app.datasets.router import router as datasets_router
 from app.datasets.service import sweep_orphans
 from app.jobs.router import router as jobs_router
@@ -52,10 +53,16 @@ def _reap_once(settings: Settings) -> None:
 
 def _sweep_stored_files(settings: Settings, storage: Storage, stop: threading.Event) -> None:
     """Free the space of stored files that no row names: datasets (app.datasets.service.
-    sweep_orphans) and ended jobs' checkpoints (app.jobs.service.sweep_files), at start-up and
-    then every `SWEEP_INTERVAL_S`. In a thread of its own: a slow or silent store must delay
-    neither start-up nor requests; what it could not reach waits for the next round."""
-    sweeps = {"datasets": sweep_orphans, "job files": sweep_files}
+    sweep_orphans) and ended jobs' checkpoints (app.jobs.service.sweep_files), and this
+    host's cached copies of datasets deleted through another host (app.core.storage.
+    forget_deleted_datasets), at start-up and then every `SWEEP_INTERVAL_S`. In a thread of
+    its own: a slow or silent store must delay neither start-up nor requests; what it could
+    not reach waits for the next round."""
+    sweeps: dict[str, Callable[[Session, Storage], list[str]]] = {
+        "datasets": sweep_orphans,
+        "job files": sweep_files,
+        "cached copies of deleted datasets": lambda s, _: forget_deleted_datasets(s, settings),
+    }
     while True:
         for what, sweep in sweeps.items():
             try:

@@ -18,14 +18,16 @@ from app.core.db import forget_inherited_connections, get_sessionmaker
 from app.core.models import Worker, utcnow
 from app.core.queue import TRAIN_TASK
 from app.core.reaper import reap
-from app.core.storage import tidy_host
+from app.core.storage import forget_deleted_datasets, tidy_host
 from worker.training.trainer import use_gpu_slot
 
 log = logging.getLogger(__name__)
 
 
 class Beacon:
-    """In the worker's main process: report liveness and run the reaper every interval.
+    """In the worker's main process: report liveness and run the reaper every interval, and
+    drop this host's cached copies of datasets deleted since (a user's deleted data must
+    not wait for the cache to need the space).
 
     It first tidies the host's scratch space (app.core.storage.tidy_host), off Celery's
     start-up path: sizing a cache of large datasets walks their files.
@@ -57,6 +59,8 @@ class Beacon:
             )
             session.commit()
             reap(session, self.settings)
+            if dropped := forget_deleted_datasets(session, self.settings):
+                log.info("dropped cached copies of deleted datasets: %s", dropped)
 
     def _run(self) -> None:
         tidy_host(self.settings)  # never raises

@@ -53,6 +53,14 @@ def _decoded_prefix(dataset_id: str) -> str:
     return f"decoded-{dataset_id}-"
 
 
+def decoded_dataset(name: str) -> str | None:
+    """The dataset whose decoded images the entry `name` holds; None for other entries."""
+    if not name.startswith("decoded-"):
+        return None
+    dataset_id = name.removeprefix("decoded-").split("-", 1)[0]
+    return dataset_id or None
+
+
 def decoded_entry(dataset_id: str, image_size: int) -> str:
     """The entry name of a dataset's images decoded at `image_size` (before the decoder's
     version, which worker.training.data.cache_file adds)."""
@@ -165,6 +173,12 @@ class HostCache:
         lock.parent.mkdir(parents=True, exist_ok=True)
         return lock.open("a")
 
+    def names(self) -> list[str]:
+        """Every entry's name, without sizing them (a cached dataset is a deep folder)."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(n for n in os.listdir(self.root) if not n.startswith("."))
+        return []
+
     def entries(self) -> list[tuple[float, int, str]]:
         """(last use, bytes, name) of every entry, least recently used first."""
         found = []
@@ -191,7 +205,7 @@ class HostCache:
         for used, size, name in entries:
             if total <= self.max_bytes:
                 break
-            if name != keep and used < recent and self._evict(name):
+            if name != keep and used < recent and self.evict(name):
                 total -= size
                 evicted.append(name)
                 log.info("cache entry %s evicted (%d bytes; %d bytes left)", name, size, total)
@@ -211,8 +225,8 @@ class HostCache:
         for path in self.root.glob(f"{_decoded_prefix(dataset_id)}*"):
             self.discard(path.name)
 
-    def _evict(self, name: str) -> bool:
-        """Remove the entry unless a process holds it or used it since it was listed."""
+    def evict(self, name: str) -> bool:
+        """Remove the entry unless a process holds it or used it within `grace_s`."""
         return self._drop(name, recent_too=False)
 
     def _drop(self, name: str, *, recent_too: bool) -> bool:

@@ -27,12 +27,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, unquote
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.core.config import Settings
-from app.core.hostcache import HostCache, changed_since, remove, sweep_stale
+from app.core.hostcache import HostCache, changed_since, decoded_dataset, remove, sweep_stale
+from app.core.models import Dataset
 
 log = logging.getLogger(__name__)
+STORED = "stored-"  # the host cache entries that are copies of stored objects
 
 S3_PROTOCOLS = frozenset({"s3", "s3a"})
 
@@ -207,7 +212,7 @@ class RemoteStorage:
     @staticmethod
     def entry(key: str) -> str:
         """The host cache's entry name of a storage key (one flat name per key)."""
-        return "stored-" + quote(_check_key(key), safe="")
+        return STORED + quote(_check_key(key), safe="")
 
     def local(self, key: str, check: Callable[[], None] | None = None) -> Path:
         """The cached copy, downloaded first if this host has none (files and directories).
@@ -386,6 +391,12 @@ def workspaces(settings: Settings) -> Path:
     return settings.work_dir / "workspaces"
 
 
+def stored_key(entry: str) -> str | None:
+    """The storage key whose copy the host cache entry `entry` is (`RemoteStorage.entry`);
+    None for entries of another kind."""
+    return unquote(entry.removeprefix(STORED)) if entry.startswith(STORED) else None
+
+
 def host_cache(settings: Settings) -> HostCache:
     """This host's cache of decoded images and remote copies (`FINETUNE_CACHE_MAX_SIZE`)."""
     return HostCache(settings.work_dir / "cache", settings.cache_max_size)
@@ -406,6 +417,31 @@ def tidy_host(settings: Settings) -> None:
         sweep_stale(get_storage(settings).staging())
     except Exception:
         log.warning("could not tidy this host's scratch space", exc_info=True)
+
+
+def forget_deleted_datasets(session: Session, settings: Settings) -> list[str]:
+    """Drop this host's cached copies of datasets deleted since; return the entries dropped.
+
+    A delete clears the cache of the host that answered it. Workers and other API replicas
+    kept the dataset's fetched files and decoded images until their cache needed the space,
+    which for data its owner deleted can be never. The API runs this with its hourly sweeps,
+    and workers with every heartbeat: one query and one listing of the cache folder. An
+    entry in use, or used within the cache's grace period, stays until a later round.
+    """
+    cache = host_cache(settings)
+    owners = {}
+    for name in cache.names():
+        key = stored_key(name)
+        parts = key.split("/") if key else []
+        dataset_id = parts[1] if len(parts) > 1 and parts[0] == "datasets" else None
+        if owner := dataset_id or decoded_dataset(name):
+            owners[name] = owner
+    if not owners:
+        return []
+    known = set(owners.values())
+    alive = set(session.scalars(select(Dataset.id).where(Dataset.id.in_(known))))
+    session.commit()  # no transaction held while files are removed
+    return [name for name, owner in owners.items() if owner not in alive and cache.evict(name)]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
