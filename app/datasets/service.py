@@ -165,8 +165,8 @@ def delete(
 ) -> None:
     """Delete a dataset no queued or running job needs; finished jobs keep their models.
 
-    Its decoded images go from this host's cache at once; other hosts' copies age out of
-    theirs (app.core.hostcache).
+    Its decoded images go from this host's cache at once; other hosts drop their copies at
+    their next round (app.core.storage.forget_deleted_datasets).
     """
     row = get(session, tenant, dataset_id)
     # A job being created on it holds a key-share lock on the row (its foreign key) until it
