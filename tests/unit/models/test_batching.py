@@ -26,6 +26,19 @@ def _images(n: int, value: float = 0.0) -> np.ndarray:
     return np.full((n, 3, 2, 2), value, dtype=np.float32)
 
 
+def _held(max_batch: int, queue_size: int) -> tuple[MicroBatcher, threading.Event, list[int]]:
+    """A batcher whose forward passes wait for the gate it returns, and the sizes they ran."""
+    gate = threading.Event()
+    calls: list[int] = []
+    batcher = MicroBatcher(
+        lambda x: gate.wait(5) and _forward(calls, 0)(x),
+        max_batch,
+        max_wait_s=0.0,
+        queue_size=queue_size,
+    )
+    return batcher, gate, calls
+
+
 def test_concurrent_requests_share_forward_passes() -> None:
     calls: list[int] = []
     batcher = MicroBatcher(_forward(calls), max_batch=64, max_wait_s=0.01, queue_size=100)
@@ -41,11 +54,7 @@ def test_concurrent_requests_share_forward_passes() -> None:
 
 def test_a_batch_never_exceeds_max_batch() -> None:
     """A request that does not fit waits for the next batch instead of growing this one."""
-    calls: list[int] = []
-    gate = threading.Event()
-    batcher = MicroBatcher(
-        lambda x: gate.wait(5) and _forward(calls, 0)(x), 4, max_wait_s=0.0, queue_size=10
-    )
+    batcher, gate, calls = _held(4, queue_size=10)
     first = batcher.submit(_images(1))  # a batch of its own; its forward waits for the gate
     time.sleep(0.05)
     waiting = [batcher.submit(_images(3, float(i))) for i in range(3)]
@@ -116,11 +125,7 @@ def test_the_queue_is_bounded_in_images_not_requests() -> None:
     """Its memory is its images: 256 requests of 64 images each queued 16384 of them (10 GB
     of float32 at 224 px) under a bound meant as 256. A request larger than the bound still
     runs when it finds the queue empty."""
-    gate = threading.Event()
-    calls: list[int] = []
-    batcher = MicroBatcher(
-        lambda x: gate.wait(5) and _forward(calls, 0)(x), 64, max_wait_s=0.0, queue_size=4
-    )
+    batcher, gate, _ = _held(64, queue_size=4)
     first = batcher.submit(_images(1))  # taken at once; its forward waits for the gate
     time.sleep(0.05)
     three = batcher.submit(_images(3))
@@ -165,11 +170,7 @@ def test_close_answers_what_is_queued_then_lets_the_model_go() -> None:
 def test_a_reserved_place_counts_until_it_is_used_or_released() -> None:
     """A request takes its place before decoding its uploads: the places held count against
     the bound as queued images do, and come back when unused or partly used."""
-    gate = threading.Event()
-    calls: list[int] = []
-    batcher = MicroBatcher(
-        lambda x: gate.wait(5) and _forward(calls, 0)(x), 64, max_wait_s=0.0, queue_size=4
-    )
+    batcher, gate, _ = _held(64, queue_size=4)
     first = batcher.submit(_images(1))  # taken at once; its forward waits for the gate
     time.sleep(0.05)
     with batcher.reserve(3) as decoding, pytest.raises(Unavailable):

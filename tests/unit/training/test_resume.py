@@ -32,6 +32,18 @@ class Saver(FitCallbacks):
             raise KeyboardInterrupt  # the process "dies" right after the epoch's files are safe
 
 
+def _spec(**overrides) -> TrainSpec:  # type: ignore[no-untyped-def]
+    """ResNet18 on 16 px digits, on the CPU."""
+    base = dict(
+        backbone="resnet18",
+        classes=tuple(str(i) for i in range(10)),
+        batch_size=32,
+        image_size=16,
+        device="cpu",
+    )
+    return TrainSpec(**{**base, **overrides})
+
+
 def _stable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k not in VOLATILE} for m in history]
 
@@ -40,14 +52,9 @@ def _stable(history: list[dict]) -> list[dict]:
     "overrides", [{"augment": True}, {"optimizer": "sgd", "lr_schedule": "step"}]
 )
 def test_resumed_run_matches_uninterrupted(small_data, tmp_path: Path, overrides: dict) -> None:  # type: ignore[no-untyped-def]
-    spec = TrainSpec(
-        backbone="resnet18",
-        classes=tuple(str(i) for i in range(10)),
+    spec = _spec(
         epochs=4,
-        batch_size=32,
-        image_size=16,
         learning_rate=2e-3,
-        device="cpu",
         # Bit-exact resume is checked in fp32. Before "auto" kept CPU bf16 for 64 px and up
         # (precision.CPU_BF16_MIN_SIZE), this 16 px run took bf16 on an AMX host, and 4 of 10
         # pytest runs differed at epoch 4 (in CI, a NaN loss) while fp32 passed 10 of 10:
@@ -69,14 +76,7 @@ def test_resumed_run_matches_uninterrupted(small_data, tmp_path: Path, overrides
 
 
 def test_micro_batches_keep_the_effective_batch(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    spec = TrainSpec(
-        backbone="resnet18",
-        classes=tuple(str(i) for i in range(10)),
-        epochs=1,
-        batch_size=32,
-        image_size=16,
-        device="cpu",
-    )
+    spec = _spec(epochs=1)
     saver = Saver(tmp_path)
     result = fit(spec, small_data, saver, micro_batch=8)
     assert saver.sizes == {8}
@@ -97,14 +97,7 @@ class _SmallInference(Saver):
 
 
 def test_a_resumed_run_keeps_the_inference_limit_it_found(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    spec = TrainSpec(
-        backbone="resnet18",
-        classes=tuple(str(i) for i in range(10)),
-        epochs=2,
-        batch_size=16,
-        image_size=16,
-        device="cpu",
-    )
+    spec = _spec(epochs=2, batch_size=16)
     first = _SmallInference(tmp_path, stop_after=1)
     with pytest.raises(KeyboardInterrupt):
         fit(spec, small_data, first)
@@ -125,16 +118,7 @@ def test_a_resumed_run_keeps_the_normalisation_it_trained_with(
     torchvision weights take mean and std 0.5 since 2026-12-04): a resumed attempt goes on
     with what its epochs' checkpoint files record, not with what its own worker would pick.
     A file without them (not one this service writes) leaves the spec as it is."""
-    first = TrainSpec(
-        backbone="resnet18",
-        classes=tuple(str(i) for i in range(10)),
-        epochs=2,
-        batch_size=32,
-        image_size=16,
-        device="cpu",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-    )
+    first = _spec(epochs=2, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
     class Recording(Saver):
         def on_epoch_end(self, epoch, metrics, trainer, *, last) -> None:  # type: ignore[no-untyped-def]
