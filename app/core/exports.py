@@ -12,7 +12,9 @@ inside the file (ONNX metadata, TorchScript extra file `labels.json`).
 
 import contextlib
 import json
+import logging
 import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -23,9 +25,11 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.core.errors import AppError, Invalid
+from app.core.hostcache import STALE_SCRATCH_S
 from app.core.models import Model, utcnow
 from app.core.storage import Storage, discard, sha256_file
 
+log = logging.getLogger(__name__)
 FORMATS = {"onnx": "onnx", "torchscript": "pt"}
 TOLERANCE = 1e-3
 _lock = threading.Lock()  # exports are CPU-heavy: one at a time per process
@@ -121,6 +125,7 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
         session.commit()
         if (recorded := stored_record(model, storage, fmt)) is not None:
             return recorded
+        _drop_unrecorded(model, storage, fmt)
         record = _build(model, storage, fmt)
         try:
             recorded = _record(session, model, storage, fmt, record)
@@ -135,6 +140,31 @@ def ensure_export(session: Session, model: Model, storage: Storage, fmt: str) ->
     if recorded["storage_key"] != record["storage_key"]:
         discard(storage, record["storage_key"])
     return recorded
+
+
+def _drop_unrecorded(model: Model, storage: Storage, fmt: str) -> None:
+    """Delete stored `fmt` exports of `model` that no record names, untouched for an hour.
+
+    A maker killed between storing its file and recording it leaves one; the next build
+    of that format (the cpu worker's redelivered task, or a request) is the first to know.
+    One another process is building right now is younger, and stays. Housekeeping: a
+    store that does not answer leaves them for the next build, and this one goes on.
+    """
+    folder = f"models/{model.id}"
+    named = {model.storage_key, *(r["storage_key"] for r in model.exports.values())}
+    since = time.time() - STALE_SCRATCH_S
+    try:
+        for name in storage.children(folder):
+            key = f"{folder}/{name}"
+            if (
+                name.startswith("model-")
+                and name.endswith(f".{FORMATS[fmt]}")
+                and key not in named
+                and not storage.changed_since(key, since)
+            ):
+                discard(storage, key)
+    except Exception:
+        log.warning("could not look for unrecorded exports of %s", model.id, exc_info=True)
 
 
 def _record(

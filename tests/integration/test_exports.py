@@ -13,6 +13,7 @@ from app.core.exports import ensure_export
 from app.core.models import Model
 from app.core.storage import get_storage, sha256_file
 from tests.support.factories import make_dataset_row, make_model
+from tests.support.files import age
 
 
 def test_a_maker_that_lost_the_race_serves_the_winners_export(
@@ -87,3 +88,31 @@ def test_an_export_the_database_did_not_record_leaves_no_file(
         assert model is not None and not model.exports
         record = ensure_export(session, model, storage, "torchscript")
     assert [p.name for p in folder.iterdir()] == [Path(record["storage_key"]).name]
+
+
+def test_a_killed_makers_unrecorded_export_goes_at_the_next_build(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A maker killed between storing its export and recording it left a file that nothing
+    named or freed. The next build of that format deletes it once an hour old; a younger
+    one (another process building now) and the other format's stay."""
+    settings = Settings(data_dir=tmp_path, database_url=pg_url)
+    sessions, storage = get_sessionmaker(pg_url), get_storage(settings)
+    with sessions() as session:
+        dataset = make_dataset_row(session)
+        model_id = make_model(session, storage, {"id": dataset.id, "classes": ["a", "b"]}).id
+    folder = tmp_path / "artifacts" / "models" / model_id
+    folder.mkdir(parents=True, exist_ok=True)
+    killed, building, onnx = (
+        folder / name for name in ("model-0000dead0000dead.pt", "model-1111.pt", "model-2222.onnx")
+    )
+    for path in (killed, building, onnx):
+        path.write_bytes(b"left")
+    age(killed, 2 * 3600)
+    age(onnx, 2 * 3600)
+    with sessions() as session:
+        model = session.get(Model, model_id)
+        assert model is not None
+        record = ensure_export(session, model, storage, "torchscript")
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted([Path(record["storage_key"]).name, building.name, onnx.name])
