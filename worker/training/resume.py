@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from worker.training.checkpoint import atomic_write
+from worker.training.checkpoint import atomic_write, read_metadata
 from worker.training.spec import TrainSpec
 from worker.training.trainer import Trainer
 
@@ -110,8 +110,7 @@ def load_state(path: Path, checkpoint: Callable[[int], Path]) -> ResumeState:
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["state"])
     last = checkpoint(meta["epoch"])
-    with safe_open(str(last), framework="pt") as fh:
-        written = fh.metadata() or {}
+    written = read_metadata(last)
     normalisation = {
         key: tuple(json.loads(written[key])) if key in written else None for key in ("mean", "std")
     }
