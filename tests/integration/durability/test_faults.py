@@ -1,10 +1,12 @@
 """Kill, pause, flush and cut things under a training job; it must end once, whole and right."""
 
+import json
 import os
 import signal
 import time
 
 import pytest
+from safetensors.torch import load_file, save_file
 from sqlalchemy import select, text
 
 from app.core.models import Checkpoint
@@ -22,6 +24,7 @@ from tests.integration.durability.checks import (
 from tests.integration.durability.conftest import Cluster
 from tests.support.client import wait_job
 from tests.support.processes import wait_log
+from worker.training.checkpoint import read_metadata
 
 pytestmark = pytest.mark.integration
 SLOW = "step_delay=0.15"  # about 1.5 s an epoch: room to strike mid-epoch
@@ -187,6 +190,42 @@ def test_sigterm_hands_the_job_to_another_worker(cluster: Cluster) -> None:
     assert job["attempts"] == 2, cluster.lease_log(job_id)
     released = [e for e in events(cluster, job_id) if e["data"].get("reason") == "shutdown"]
     assert len(released) == 1
+
+
+def test_a_resumed_job_keeps_the_normalisation_its_first_epochs_had(cluster: Cluster) -> None:
+    # Workers of two versions may pick different mean/std for one backbone (GoogLeNet's and
+    # Inception v3's torchvision weights take 0.5 since 2026-12-04). Here the checkpoint of the
+    # last epoch says what an older worker would have written; the new one must train the
+    # epochs left with it and write it into their files and the model.
+    leaving = cluster.worker(faults=SLOW)
+    job_id = submit(cluster)
+    wait_epochs(cluster, job_id, 2)
+    leaving.send_signal(signal.SIGTERM)
+    leaving.wait(timeout=30)
+    artifacts = cluster.root / "var" / "artifacts"
+    with cluster.sessions() as session:
+        last = session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == job_id, Checkpoint.resume_key.is_not(None))
+            .order_by(Checkpoint.epoch.desc())
+        ).first()
+    assert last is not None
+    older = {"mean": json.dumps([0.5, 0.5, 0.5]), "std": json.dumps([0.5, 0.5, 0.5])}
+    path = artifacts / last.storage_key
+    save_file(load_file(path), path, metadata={**read_metadata(path), **older})
+    cluster.worker(faults=SLOW)
+    job = assert_clean_history(cluster, job_id)
+    assert job["attempts"] == 2, cluster.lease_log(job_id)
+    with cluster.sessions() as session:
+        keys = session.scalars(
+            select(Checkpoint.storage_key)
+            .where(Checkpoint.job_id == job_id, Checkpoint.epoch > last.epoch)
+            .order_by(Checkpoint.epoch)
+        ).all()
+    model = cluster.root / "model.safetensors"
+    model.write_bytes(cluster.client.get(f"/v1/models/{job['model_id']}/content").content)
+    for written in [*(artifacts / key for key in keys), model]:
+        assert {k: read_metadata(written)[k] for k in older} == older, written
 
 
 def test_cancel_while_queued_and_while_running(cluster: Cluster) -> None:
