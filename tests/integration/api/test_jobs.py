@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session
+from sqlalchemy import event, update
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from app.api.deps import get_session
 from app.core import registry
 from app.core.config import Settings
+from app.core.models import Job, JobStatus
 from app.jobs.router import resume_point
 from app.main import create_app
 from tests.support.webserver import serving
@@ -176,6 +178,35 @@ def test_cancel_queued_job_at_once_then_409(client: TestClient, dataset: dict) -
     # Header values arrive decoded as latin-1; these were 500s, they now start over.
     assert [resume_point(bad, None) for bad in ("²", "9" * 20, "-1", "")] == [0, 0, 0, 0]
     assert (resume_point("42", 7), resume_point(None, 7)) == (42, 7)
+
+
+def test_a_job_that_keeps_changing_state_under_cancel_gets_503_and_stays(
+    client: TestClient, db_session: Session, dataset: dict
+) -> None:
+    job = client.post("/v1/jobs", json={"dataset_id": dataset["id"], "weights": None}).json()
+    flips = []
+
+    @event.listens_for(db_session, "do_orm_execute")
+    def finish_first(state: ORMExecuteState) -> None:
+        # Before each of cancel's updates the job leaves queued (a worker ends it); the
+        # rollback after the missed update brings it back (a reaper requeues it): each read
+        # says "cancellable", each update misses.
+        if state.is_update:
+            flips.append(state.statement)
+            state.session.connection().execute(
+                update(Job).where(Job.id == job["id"]).values(status=JobStatus.succeeded)
+            )
+
+    response = client.post(f"/v1/jobs/{job['id']}/cancel")
+    event.remove(db_session, "do_orm_execute", finish_first)
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unavailable" and "try again" in response.json()["detail"]
+    assert len(flips) == 10  # five rounds of (queued?, running?)
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    events = client.get(f"/v1/jobs/{job['id']}/events").json()["data"]
+    assert [e["data"]["status"] for e in events] == ["queued"]
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
 
 
 def test_list_filters_by_status_newest_first(client: TestClient, dataset: dict) -> None:
