@@ -16,6 +16,7 @@ from torchvision import models
 
 from benchmarks import reference_loop
 from benchmarks.common import (
+    best_seconds,
     digits_imagefolder,
     epoch_images,
     fastest_alternated,
@@ -84,11 +85,13 @@ def training_step(
     service: bool,
     layout: torch.memory_format = torch.contiguous_format,
     device: torch.device | None = None,
+    sync: bool = True,
 ) -> Callable[[], None]:
     """One full training step on a resident batch (no data path at all), ready to time.
 
     `service`: the model placed as the trainer places it (channels_last, CPU kernels);
-    otherwise plain torchvision modules in `layout`.
+    otherwise plain torchvision modules in `layout`. `sync`: wait for a GPU to finish the
+    step (off when the caller times several steps and synchronises once).
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -102,15 +105,103 @@ def training_step(
     y = torch.randint(0, classes, (batch,), device=device)
 
     def step() -> None:
+        # cuDNN's kernel autotuning: the trainer turns it on, a textbook loop leaves it off.
+        torch.backends.cudnn.benchmark = service
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
-        if device.type == "cuda":
+        if sync and device.type == "cuda":
             torch.cuda.synchronize()
 
     return step
+
+
+def step_flops(step: Callable[[], None]) -> int:
+    """Floating-point operations of one call of `step` (forward and backward), as torch
+    counts them: 2 per multiply-add of every matmul and convolution, nothing for the rest."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def _timed(run: Callable[[], None], device: torch.device, calls: int) -> Callable[[], None]:
+    """`calls` calls of `run` with one synchronisation at the end, as a training loop runs."""
+
+    def many() -> None:
+        for _ in range(calls):
+            run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return many
+
+
+def matmul_tflops(device: torch.device, side: int, dtype: torch.dtype = torch.bfloat16) -> float:
+    """TFLOP/s of square matmuls in `dtype` on `device`: what its matrix units give at best,
+    measured here rather than read off a data sheet."""
+    a, b = (torch.randn(side, side, device=device, dtype=dtype) for _ in range(2))
+    calls = 10
+    seconds = best_seconds(_timed(lambda: torch.mm(a, b), device, calls), 5) / calls
+    return 2 * side**3 / seconds / 1e12
+
+
+def gpu_model_rows(
+    device: torch.device,
+    backbones: tuple[str, ...] = ("resnet50", "vit_b_16"),
+    size: int = 224,
+    batch: int = 256,
+    steps: int = 10,
+    matmul_side: int = 8192,
+) -> list[dict[str, Any]]:
+    """Training steps of the model alone on a GPU: the service's settings against fp32.
+
+    `steps` steps per timing and one synchronisation, as in training (the trainer never
+    waits for the GPU within an epoch). The achieved TFLOP/s (torch's count of one step's
+    FLOPs × steps/s) is set against square bf16 matmuls timed in the same run, the most
+    this device's matrix units give: how close the service's step is to the hardware.
+    """
+    amp = resolve_amp("auto", device, size)
+    ceiling = matmul_tflops(device, matmul_side)
+    rows = []
+    for backbone in backbones:
+        service = training_step(
+            backbone, size, 1000, batch, amp, service=True, device=device, sync=False
+        )
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        flops = step_flops(service)  # (also its first call: kernels are chosen)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        reference = training_step(
+            backbone, size, 1000, batch, None, service=False, device=device, sync=False
+        )
+        seconds = fastest_alternated(
+            {
+                "service": _timed(service, device, steps),
+                "reference": _timed(reference, device, steps),
+            },
+            rounds=3,
+        )
+        step_s = seconds["service"] / steps
+        rows.append(
+            {
+                "benchmark": "GPU training steps, model alone",
+                "setting": f"{backbone} {size}px batch {batch}, "
+                f"{str(amp).removeprefix('torch.') if amp else 'fp32'} + channels_last vs fp32",
+                "reference img/s": batch * steps / seconds["reference"],
+                "service img/s": batch / step_s,
+                "ratio": seconds["reference"] / seconds["service"],
+                "TFLOP/s": flops / step_s / 1e12,
+                "bf16 matmul TFLOP/s": ceiling,
+                "of matmul": flops / step_s / 1e12 / ceiling,
+                "peak CUDA MiB": peak,
+            }
+        )
+        del service, reference
+    return rows
 
 
 def model_only_ratio(backbone: str, size: int, classes: int, batch: int) -> float:
@@ -142,9 +233,11 @@ def configs(tiny: bool) -> list[dict[str, Any]]:
         {"backbone": "resnet18", "size": 224, "epochs": 2, "per_class": 80},
     ]
     if torch.cuda.is_available():
+        # Ten epochs of the ~1,440 training digits: on a GPU two would be over in a second,
+        # mostly the first steps' kernel selection.
         out += [
-            {"backbone": "resnet50", "size": 224, "epochs": 2, "per_class": None},
-            {"backbone": "vit_b_16", "size": 224, "epochs": 2, "per_class": None},
+            {"backbone": "resnet50", "size": 224, "epochs": 10, "per_class": None},
+            {"backbone": "vit_b_16", "size": 224, "epochs": 10, "per_class": None},
         ]
     return out
 
@@ -180,4 +273,6 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
                 "peak CUDA MiB": peak_cuda_mib(),
             }
         )
+    if torch.cuda.is_available() and not tiny:
+        rows += gpu_model_rows(torch.device("cuda"))
     return rows
