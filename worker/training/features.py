@@ -28,7 +28,7 @@ def extract(
     (`Trainer.inferring`).
     """
     return trainer.inferring(
-        256, lambda size: _extract(trainer, batches, head, size, callbacks), callbacks
+        256, len(batches), lambda size: _extract(trainer, batches, head, size, callbacks), callbacks
     )
 
 

@@ -256,31 +256,40 @@ class Trainer:
         size = self.micro_batch if self.micro_batch < self.spec.batch_size else preferred
         return min(size, self.inference_cap or size)
 
-    def inferring(self, preferred: int, run: Callable[[int], T], callbacks: "FitCallbacks") -> T:
-        """`run(images per pass)`, run again with passes half as large after each
-        out-of-memory error.
+    def inferring(
+        self, preferred: int, images: int, run: Callable[[int], T], callbacks: "FitCallbacks"
+    ) -> T:
+        """`run(images per pass)` over a set of `images`, run again with smaller passes after
+        each out-of-memory error.
 
         Inference keeps no state from one pass to the next, so a run that ran out of memory
         is simply run again, in place: training's micro-batch is not shrunk for it, and a
         job of `batch_size` 1 whose evaluation did not fit in passes of 64 still succeeds
         (the runner's retry from the last checkpoint once halved the micro-batch to 0 and
-        failed it). Only a pass of one image that does not fit reaches the caller.
+        failed it). Sizes halve from `preferred`, skipping those no smaller than the pass
+        that failed (a set smaller than the size asked for ran one pass of the whole set:
+        halving 256 for 32 images ran those 32 again three times). Only a pass of one image
+        that does not fit reaches the caller.
         """
         while True:
             size = self.inference_batch(preferred)
             try:
                 return run(size)
             except torch.OutOfMemoryError:
-                if size <= 1:
+                ran = min(size, images)  # the largest pass run
+                if ran <= 1:
                     raise
-                self.inference_cap = size // 2
+                cap = size // 2
+                while cap >= ran:
+                    cap //= 2
+                self.inference_cap = cap
             free_device_memory()  # out of the handler: see its docstring
             text = (
-                f"out of memory in an inference pass of {size} images: "
-                f"running it again in passes of {self.inference_cap}"
+                f"out of memory in an inference pass of {ran} images: "
+                f"running it again in passes of {cap}"
             )
             log.warning(text)
-            callbacks.on_warning("out_of_memory", text, {"inference_batch": self.inference_cap})
+            callbacks.on_warning("out_of_memory", text, {"inference_batch": cap})
 
     def evaluate(
         self, batches: Batches, prefix: str, callbacks: "FitCallbacks"
@@ -292,6 +301,7 @@ class Trainer:
         """
         return self.inferring(
             max(self.spec.batch_size, 64),
+            len(batches),
             lambda size: self._evaluate(batches, prefix, size, callbacks),
             callbacks,
         )

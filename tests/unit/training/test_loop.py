@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from worker.training.backbones import build_model
+from worker.training.data import TrainData
 from worker.training.loop import FitCallbacks, TrainingCancelled, fit
 from worker.training.precision import CPU_BF16_MIN_SIZE, resolve_amp
 from worker.training.spec import TrainSpec
@@ -183,7 +184,11 @@ def test_inference_out_of_memory_runs_smaller_passes_not_smaller_training_steps(
     passes, in place: the training micro-batch stays whole. (It went to the runner, which
     halved the training micro-batch and, with a batch of 1, failed the job.)"""
     rec = _InferenceOutOfMemory(fits)
-    result = fit(spec(epochs=2, batch_size=batch_size, strategy=strategy), small_data, rec)
+    # 32 training images, fewer than a feature extraction's 256 per pass: its first pass is
+    # the whole set, and the next must be smaller (halving 256 ran those 32 again three
+    # times). Also fewer steps: a batch of 2 over all 150 took 20 s.
+    data = TrainData(train=small_data.train.subset(torch.arange(32)), val=small_data.val)
+    result = fit(spec(epochs=2, batch_size=batch_size, strategy=strategy), data, rec)
     assert len(result.history) == 2 and rec.info["micro_batch"] == batch_size
     assert {code for code, _ in rec.warnings} == {"out_of_memory"}
     halved = [data["inference_batch"] for _, data in rec.warnings]
@@ -222,8 +227,6 @@ def test_a_diverging_run_stops_before_saving_a_non_finite_epoch(small_data) -> N
 
 
 def test_test_split_is_scored_with_the_best_weights(small_data) -> None:  # type: ignore[no-untyped-def]
-    from worker.training.data import TrainData
-
     data = TrainData(train=small_data.train, val=small_data.val, test=small_data.val)
     result = fit(spec(epochs=2), data, Recorder())
     assert result.test_metrics is not None
