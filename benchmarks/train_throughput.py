@@ -186,6 +186,7 @@ def gpu_model_rows(
             rounds=3,
         )
         step_s = seconds["service"] / steps
+        tflops = flops / step_s / 1e12
         rows.append(
             {
                 "benchmark": "GPU training steps, model alone",
@@ -194,9 +195,9 @@ def gpu_model_rows(
                 "reference img/s": batch * steps / seconds["reference"],
                 "service img/s": batch / step_s,
                 "ratio": seconds["reference"] / seconds["service"],
-                "TFLOP/s": flops / step_s / 1e12,
+                "TFLOP/s": tflops,
                 "bf16 matmul TFLOP/s": ceiling,
-                "of matmul": flops / step_s / 1e12 / ceiling,
+                "of matmul": tflops / ceiling,
                 "peak CUDA MiB": peak,
             }
         )

@@ -49,16 +49,18 @@ LOCKS = ".locks"  # one empty lock file per entry name; they stay (a few bytes e
 log = logging.getLogger(__name__)
 
 
+DECODED = "decoded-"  # the entries of decoded images: decoded-{dataset id}-{size}px...
+
+
 def _decoded_prefix(dataset_id: str) -> str:
-    return f"decoded-{dataset_id}-"
+    return f"{DECODED}{dataset_id}-"
 
 
 def decoded_dataset(name: str) -> str | None:
     """The dataset whose decoded images the entry `name` holds; None for other entries."""
-    if not name.startswith("decoded-"):
+    if not name.startswith(DECODED):
         return None
-    dataset_id = name.removeprefix("decoded-").split("-", 1)[0]
-    return dataset_id or None
+    return name.removeprefix(DECODED).split("-", 1)[0] or None
 
 
 def decoded_entry(dataset_id: str, image_size: int) -> str:

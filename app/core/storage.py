@@ -419,6 +419,16 @@ def tidy_host(settings: Settings) -> None:
         log.warning("could not tidy this host's scratch space", exc_info=True)
 
 
+def _dataset_of(entry: str) -> str | None:
+    """The dataset a host cache entry is a copy of (its fetched files, `datasets/{id}`, or
+    its decoded images); None for entries of anything else."""
+    key = stored_key(entry)
+    if key is None:
+        return decoded_dataset(entry)
+    folder, _, rest = key.partition("/")
+    return (rest.split("/", 1)[0] or None) if folder == "datasets" else None
+
+
 def forget_deleted_datasets(session: Session, settings: Settings) -> list[str]:
     """Drop this host's cached copies of datasets deleted since; return the entries dropped.
 
@@ -429,13 +439,7 @@ def forget_deleted_datasets(session: Session, settings: Settings) -> list[str]:
     entry in use, or used within the cache's grace period, stays until a later round.
     """
     cache = host_cache(settings)
-    owners = {}
-    for name in cache.names():
-        key = stored_key(name)
-        parts = key.split("/") if key else []
-        dataset_id = parts[1] if len(parts) > 1 and parts[0] == "datasets" else None
-        if owner := dataset_id or decoded_dataset(name):
-            owners[name] = owner
+    owners = {name: owner for name in cache.names() if (owner := _dataset_of(name))}
     if not owners:
         return []
     known = set(owners.values())
