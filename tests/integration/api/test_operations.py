@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from alembic.script import ScriptDirectory
 from botocore.exceptions import ReadTimeoutError
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from app.core import db
 from app.core.config import Settings
 from app.core.errors import Unavailable
 from app.core.migrate import alembic_config
@@ -88,9 +90,14 @@ def test_readyz_reports_a_dead_database(tmp_path) -> None:  # type: ignore[no-un
     )
 
 
-def test_readyz_reports_a_database_that_answers_nothing(tmp_path: Path) -> None:
+def test_readyz_reports_a_database_that_answers_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A server that accepts connections and stays silent (frozen, a dead host behind a
     proxy) is reported failing after the connect timeout, not waited for forever."""
+    # 2 s instead of the service's 10: libpq waits it out twice (its SSL request, then the
+    # plain start-up), which took 20 s of the suite; what is tested is that it is bounded.
+    monkeypatch.setitem(db.PG_CONNECT, "connect_timeout", 2)
     silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
     port = silent.getsockname()[1]
     settings = Settings(
@@ -103,7 +110,7 @@ def test_readyz_reports_a_database_that_answers_nothing(tmp_path: Path) -> None:
         probe.start()
         probe.join(60)
         assert answers, "/readyz still waiting on the silent database after 60 s"
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 10
     assert answers[0].status_code == 503
     assert answers[0].json()["checks"]["database"].startswith("failing")
 
