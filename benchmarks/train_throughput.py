@@ -149,7 +149,7 @@ def matmul_tflops(device: torch.device, side: int, dtype: torch.dtype = torch.bf
     return 2 * side**3 / seconds / 1e12
 
 
-def gpu_model_rows(
+def model_rows(
     device: torch.device,
     backbones: tuple[str, ...] = ("resnet50", "vit_b_16"),
     size: int = 224,
@@ -157,15 +157,21 @@ def gpu_model_rows(
     steps: int = 10,
     matmul_side: int = 8192,
 ) -> list[dict[str, Any]]:
-    """Training steps of the model alone on a GPU: the service's settings against fp32.
+    """Training steps of the model alone: the service's settings against plain fp32, each
+    set against the most this device's matrix units give.
 
     `steps` steps per timing and one synchronisation, as in training (the trainer never
-    waits for the GPU within an epoch). The achieved TFLOP/s (torch's count of one step's
-    FLOPs × steps/s) is set against square bf16 matmuls timed in the same run, the most
-    this device's matrix units give: how close the service's step is to the hardware.
+    waits for a GPU within an epoch). The achieved TFLOP/s (torch's count of one step's
+    FLOPs × steps/s) of each side is divided by square matmuls timed in the same run, in
+    the dtype that side computes in (the service's autocast dtype, fp32 for the reference):
+    how close each step is to the hardware, and so how far precision alone can move the
+    ratio. On a CPU these are the 224 px steps of the training rows (fp32 matmuls, not TF32,
+    on a GPU, where cuDNN's convolutions may use TF32: `reference of matmul` can pass 1 there).
     """
     amp = resolve_amp("auto", device, size)
-    ceiling = matmul_tflops(device, matmul_side)
+    ceiling = matmul_tflops(device, matmul_side, amp or torch.float32)
+    fp32_ceiling = ceiling if amp is None else matmul_tflops(device, matmul_side, torch.float32)
+    precision = str(amp).removeprefix("torch.") if amp else "fp32"
     rows = []
     for backbone in backbones:
         service = training_step(
@@ -185,19 +191,22 @@ def gpu_model_rows(
             },
             rounds=3,
         )
-        step_s = seconds["service"] / steps
-        tflops = flops / step_s / 1e12
+        tflops = {side: flops * steps / s / 1e12 for side, s in seconds.items()}
         rows.append(
             {
-                "benchmark": "GPU training steps, model alone",
+                "benchmark": f"{'GPU' if device.type == 'cuda' else 'CPU'} training steps, "
+                "model alone",
                 "setting": f"{backbone} {size}px batch {batch}, "
-                f"{str(amp).removeprefix('torch.') if amp else 'fp32'} + channels_last vs fp32",
+                f"{precision} + channels_last vs fp32",
                 "reference img/s": batch * steps / seconds["reference"],
-                "service img/s": batch / step_s,
+                "service img/s": batch * steps / seconds["service"],
                 "ratio": seconds["reference"] / seconds["service"],
-                "TFLOP/s": tflops,
-                "bf16 matmul TFLOP/s": ceiling,
-                "of matmul": tflops / ceiling,
+                "TFLOP/s": tflops["service"],
+                "matmul TFLOP/s": ceiling,
+                "of matmul": tflops["service"] / ceiling,
+                "reference TFLOP/s": tflops["reference"],
+                "fp32 matmul TFLOP/s": fp32_ceiling,
+                "reference of matmul": tflops["reference"] / fp32_ceiling,
                 "peak CUDA MiB": peak,
             }
         )
@@ -274,6 +283,11 @@ def run(workdir: Path, tiny: bool) -> list[dict[str, Any]]:
                 "peak CUDA MiB": peak_cuda_mib(),
             }
         )
-    if torch.cuda.is_available() and not tiny:
-        rows += gpu_model_rows(torch.device("cuda"))
+    if not tiny:
+        if torch.cuda.is_available():
+            rows += model_rows(torch.device("cuda"))
+        else:  # the 224 px row's model, at a batch that keeps this to seconds
+            rows += model_rows(
+                torch.device("cpu"), ("resnet18",), batch=32, steps=1, matmul_side=2048
+            )
     return rows
