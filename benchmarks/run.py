@@ -115,7 +115,8 @@ NOTES = """
   2.80× and 3.86× at 224 px, micro-batching 3.13× and 2.45×, the API's p99 while a job
   trained 59 and 29 ms. Four of the six targets were met in one run and missed in the other.
   Run 25 (19:51 UTC, another machine of the same kind) met three: 1.65× at 32 px, 3.14×
-  at 224 px, micro-batching 2.70× against a forward ceiling of 2.88×.
+  at 224 px, micro-batching 2.70× against a forward ceiling of 2.88×. Run 26 (2026-12-05
+  01:51 UTC, again an AVX512-BF16 EPYC) met the same three: 1.39×, 3.17×, 2.61× against 2.96×.
 - Runs also land on different hosts under the same CPU name; the header's instruction set
   and CPU autocast say which. Where the CPU runs bf16 natively (AVX512-BF16 or AMX) the
   service trains images of 64 px and up in bf16 + channels_last. At 224 px its steps alone
@@ -181,6 +182,20 @@ NOTES = """
   in the other runs (2.89-3.02×; 3.41× in runs 19 and 20, the model alone 2.91× and 2.75×;
   2.80× in run 23; 3.14× in run 25, the model alone 2.69×) and on AVX2, which has no native
   bf16 (1.24×).
+- `CPU training steps, model alone` says why, with the FLOPs: the 224 px row's model at batch
+  32, each side's TFLOP/s (torch's FLOP count of a step over its time) set against square
+  matmuls timed in the same run in the dtype that side computes in (`of matmul`: the
+  service's bf16 against bf16 matmuls, `reference of matmul`: fp32 against fp32). In run 26
+  the service's bf16 step ran at 0.376 TFLOP/s, 91 % of what bf16 matmuls reached (0.413),
+  and the textbook loop's fp32 step at 0.164, 84 % of fp32 matmuls (0.195). On the same
+  host convolutions were 88 % of a bf16 step, their backward twice their forward, as their
+  FLOPs are (torch.profiler). Both steps already run near their units' limit: a bf16 step at
+  the full speed of bf16 matmuls would be 0.413 ÷ 0.164 = 2.5× the fp32 one at batch 32
+  (measured 2.3×; `model-only ratio` at the row's batch 100, 2.66×). The row itself, 3.17×,
+  is the service at its model's speed (34.4 img/s, the steps alone 35.3) over a textbook loop
+  that its PIL decoding already holds to 71 % of its own model's speed (10.9 against 15.4):
+  3.5× needs faster bf16 units or a slower textbook loop, not a faster service, so on this
+  host type the 224 px target comes and goes with the day.
 - Service overhead compares each job with a core run right beside it, in six pairs whose
   order alternates (job first, then core first), and takes the median of the pairs' ratios:
   the machine's speed moves by tens of percent within minutes (one 10-epoch job's epochs ran
@@ -219,7 +234,13 @@ NOTES = """
   same host gave 1.13 (steps 1.14×, own 0.19 s, CPU ratio 1.15, core 7.1 s), and in runs
   23 and 24 1.12 (steps 1.10×, own 0.22 s, CPU ratio 1.13, core 8.5 s) and 1.19 (steps
   1.19×, own 0.30 s, CPU ratio 1.19, core 8.8 s), in run 25 1.19 again (steps 1.17×, own
-  0.18 s, CPU ratio 1.19, core 6.95 s). Timed per
+  0.18 s, CPU ratio 1.19, core 6.95 s), in run 26 1.16 (steps 1.14×, own 0.18 s, CPU ratio
+  1.17, core 6.07 s). The pool child's OpenMP threads spin briefly between operations
+  (libgomp's default); right after run 26, in rounds of 4 pairs, `OMP_WAIT_POLICY=PASSIVE`
+  for the service's processes made them sleep instead: CPU ratio 1.05 and 1.08 against
+  1.12 and 1.12, but wall ratio 1.24 and 1.28 against 1.11 and 1.12 (steps 1.24× and 1.27×
+  against 1.09× and 1.10×), and `ACTIVE` left every idle pool child with torch loaded spinning
+  at ~85 % of a core: the default stays. Timed per
   call inside a worker there (2026-12-04, the 4-epoch job): each CPU copy an epoch makes
   (weights, optimiser state) faulted ~7k fresh pages in during the first epoch, 20-100 ms of
   the training thread each (5-10 ms later), so fit's best state and the checkpoint now share
@@ -265,22 +286,25 @@ NOTES = """
   loop instead of in threads (right after run 24, the predict row alone in alternated
   rounds gave 3.07 and 2.96 for this code, 2.97 and 2.68 for the code of run 22), 2.70
   against 2.88 in run 25, with a request's place in the queue taken before its uploads are
-  read and decoded (the bound then also holds the images being decoded), 1.88
+  read and decoded (the bound then also holds the images being decoded), 2.61 against 2.96
+  in run 26, 1.88
   against 1.89 and 2.15 against 2.36 in
   two runs on AVX2 hosts. The ceiling is measured on idle cores; served forwards share the
   two cores with the load generator and 32 requests' HTTP and decoding, which moves both
   sides of the end-to-end ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
   the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11×, 0.95×,
-  0.93×, 1.21×, 0.76×, 1.26×, 1.05× and 1.49× in eight runs on the AVX512 EPYC (the last
-  runs 22 to 25) and 0.73× and 1.00× on AVX2 hosts, after a first epoch that spends 20-95 s
-  compiling (12 s in run 20 and 8.9 s in run 24, when inductor's cache in /tmp was warm
-  from the run before; 48 s, 70 s and 47 s in runs 22, 23 and 25, each on a new machine).
+  0.93×, 1.21×, 0.76×, 1.26×, 1.05×, 1.49× and 0.94× in nine runs on the AVX512 EPYC (the
+  last runs 22 to 26) and 0.73× and 1.00× on AVX2 hosts, after a first epoch that spends
+  20-95 s compiling (12 s in run 20 and 8.9 s in run 24, when inductor's cache in /tmp was
+  warm from the run before; 48 s, 70 s, 47 s and 42 s in runs 22, 23, 25 and 26, each on a
+  new machine).
 - Predict and API-latency rows run the load generator on the same two cores as the service.
 - Dispatch latency with the embedded broker is a wait for a file: idle workers wake when a
   message is renamed into their queue folder (inotify; app/core/filebroker.py). In run 22 it
   was 7.6 ms at the median (max 15.9 ms) against Redis's 9.6 ms, in runs 23 and 24 9.9 and
-  9.6 ms against 10.3 and 14.0 ms, in run 25 11.2 ms against 12.3 ms; in run 20, when workers
+  9.6 ms against 10.3 and 14.0 ms, in run 25 11.2 ms against 12.3 ms, in run 26 6.5 ms
+  against 7.9 ms; in run 20, when workers
   polled the folder every 0.2 s, 41 ms (max 104 ms).
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically). There the training
@@ -288,10 +312,12 @@ NOTES = """
   worker per core, up to 8), and `GPU training steps, model alone`: batch 256, the service's
   bf16 autocast and channels_last against fp32, with the TFLOP/s a step achieves (torch's
   FLOP count of one step) set against square bf16 matmuls timed in the same run, the most
-  the device's matrix units give. The ResNet50 row is the one to read against the ≈2,700
-  img/s of PyTorch's AMP example on an H100. A GPU machine's stock PyTorch image needs
-  nothing more for these rows: `python3 -m benchmarks.run --only train --only core`
-  imports none of the service's web or queue packages.
+  the device's matrix units give (the reference's against fp32 matmuls, which do not use
+  TF32, while cuDNN's convolutions may: its `reference of matmul` can pass 1 there). The
+  ResNet50 row is the one to read against the ≈2,700 img/s of PyTorch's AMP example on an
+  H100. A GPU machine's stock PyTorch image needs nothing more for these rows:
+  `python3 -m benchmarks.run --only train --only core` imports none of the service's web or
+  queue packages.
 """
 
 
