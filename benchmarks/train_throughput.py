@@ -165,8 +165,8 @@ def model_rows(
     FLOPs × steps/s) of each side is divided by square matmuls timed in the same run, in
     the dtype that side computes in (the service's autocast dtype, fp32 for the reference):
     how close each step is to the hardware, and so how far precision alone can move the
-    ratio. On a CPU these are the 224 px steps of the training rows (fp32 matmuls, not TF32,
-    on a GPU, where cuDNN's convolutions may use TF32: `reference of matmul` can pass 1 there).
+    ratio. On a GPU the fp32 matmuls do not use TF32 while cuDNN's convolutions may, so
+    `reference of matmul` can pass 1 there.
     """
     amp = resolve_amp("auto", device, size)
     ceiling = matmul_tflops(device, matmul_side, amp or torch.float32)
