@@ -287,11 +287,10 @@ NOTES = """
   rounds gave 3.07 and 2.96 for this code, 2.97 and 2.68 for the code of run 22), 2.70
   against 2.88 in run 25, with a request's place in the queue taken before its uploads are
   read and decoded (the bound then also holds the images being decoded), 2.61 against 2.96
-  in run 26, 1.88
-  against 1.89 and 2.15 against 2.36 in
-  two runs on AVX2 hosts. The ceiling is measured on idle cores; served forwards share the
-  two cores with the load generator and 32 requests' HTTP and decoding, which moves both
-  sides of the end-to-end ratio from run to run.
+  in run 26, and 1.88 against 1.89 and 2.15 against 2.36 in two runs on AVX2 hosts. The
+  ceiling is measured on idle cores; served forwards share the two cores with the load
+  generator and 32 requests' HTTP and decoding, which moves both sides of the end-to-end
+  ratio from run to run.
 - `torch.compile` does not pay reliably on these CPUs: its later epochs ran 1.07× eager on
   the second AMX Xeon, 1.13× and 0.96× on the AMX Xeon of runs 17 and 18, 1.11×, 0.95×,
   0.93×, 1.21×, 0.76×, 1.26×, 1.05×, 1.49× and 0.94× in nine runs on the AVX512 EPYC (the
@@ -304,8 +303,7 @@ NOTES = """
   message is renamed into their queue folder (inotify; app/core/filebroker.py). In run 22 it
   was 7.6 ms at the median (max 15.9 ms) against Redis's 9.6 ms, in runs 23 and 24 9.9 and
   9.6 ms against 10.3 and 14.0 ms, in run 25 11.2 ms against 12.3 ms, in run 26 6.5 ms
-  against 7.9 ms; in run 20, when workers
-  polled the folder every 0.2 s, 41 ms (max 104 ms).
+  against 7.9 ms; in run 20, when workers polled the folder every 0.2 s, 41 ms (max 104 ms).
 - No CUDA GPU was available to this run: ResNet50 / ViT-B/16 rows and peak CUDA memory are
   measured only where one is (`make bench` adds them automatically). There the training
   rows add ten epochs of each at 224 px against the textbook loop (its DataLoader with one
